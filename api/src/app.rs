@@ -1,0 +1,365 @@
+//! Building the API from its configuration, in either mode, and running it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use broker_auth_contract::Topics;
+use broker_auth_kafka::KafkaSettings;
+use broker_auth_mail::{LogMailer, Mailbox, Mailer, SmtpMailer};
+use broker_auth_user_store::{SqliteUserRepository, UserDirectory, UserRepository};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::{HashError, Keys, PasswordHasher};
+use crate::directory::{Directory, InProcessTransport, KafkaTransport};
+use crate::http::{AppState, Policy, Shared};
+use crate::metrics::Metrics;
+use crate::outbox::{InProcessOutbox, KafkaOutbox, MailOutbox};
+use crate::store::{EphemeralStore, MemoryStore, RedisStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("could not bind {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("could not connect to Redis: {0}")]
+    Redis(#[from] StoreError),
+    #[error("could not set up Kafka: {0}")]
+    Kafka(#[from] broker_auth_kafka::Error),
+    #[error("could not open the embedded database: {0}")]
+    Database(#[from] broker_auth_user_store::StoreError),
+    #[error("invalid mail settings: {0}")]
+    Mail(String),
+    #[error("could not prepare password hashing: {0}")]
+    Hashing(#[from] HashError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A built API: bound to its port, connected to its dependencies, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    background: CancellationToken,
+}
+
+struct Backends {
+    store: Arc<dyn EphemeralStore>,
+    directory: Directory,
+    outbox: Arc<dyn MailOutbox>,
+    secret: SecretString,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let background = CancellationToken::new();
+        let backends = match &config.kafka_brokers {
+            Some(brokers) => distributed(&config, brokers, background.clone()).await?,
+            None => embedded(&config).await?,
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
+        let state = AppState::new(Shared {
+            store: backends.store,
+            directory: backends.directory,
+            outbox: backends.outbox,
+            keys: Keys::new(&backends.secret),
+            hasher: PasswordHasher::new(config.bcrypt_cost).await?,
+            policy: Policy {
+                session_ttl: Duration::from_secs(config.session_ttl_secs),
+                otp_ttl: Duration::from_secs(config.otp_ttl_secs),
+                otp_max_attempts: config.otp_max_attempts,
+                resend_cooldown: Duration::from_secs(config.signup_resend_cooldown_secs),
+                signin_max_failures: config.signin_max_failures,
+                signin_failure_window: Duration::from_secs(config.signin_failure_window_secs),
+                rate_limit_per_minute: config.rate_limit_per_minute,
+                trusted_proxy_hops: config.trusted_proxy_hops,
+                cookie_secure: config.cookie_secure(),
+            },
+            metrics: Metrics::new(),
+        });
+        let app = Self {
+            listener,
+            router: crate::http::router(state),
+            background,
+        };
+        if config.is_embedded() {
+            print_embedded_banner(&config, app.local_addr());
+        } else {
+            tracing::info!(address = %app.local_addr(), "broker-auth-api listening");
+        }
+        Ok(app)
+    }
+
+    /// The bound address (useful when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests and stops the
+    /// background tasks (the Kafka reply reader).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let background = self.background.clone();
+        let _stop_background = background.clone().drop_guard();
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(StartError::Serve)
+    }
+}
+
+async fn distributed(
+    config: &Config,
+    brokers: &str,
+    background: CancellationToken,
+) -> Result<Backends, StartError> {
+    let topics = Topics::new(config.kafka_topic_prefix.clone()).map_err(ConfigError::from)?;
+    let mut settings = KafkaSettings::new(brokers);
+    settings.fetch_wait_max_ms = config.kafka_fetch_wait_ms;
+    settings.topic_partitions = config.kafka_topic_partitions;
+    settings.replication_factor = config.kafka_replication_factor;
+
+    let redis_url = config
+        .redis_url
+        .as_ref()
+        .ok_or(ConfigError::MissingRedisUrl)?;
+    let store = RedisStore::connect(redis_url.expose_secret(), &config.redis_key_prefix).await?;
+    let transport = KafkaTransport::start(
+        &settings,
+        topics.clone(),
+        config.reply_timeout(),
+        background,
+    )
+    .await?;
+    let outbox = KafkaOutbox::new(settings.producer()?, topics.mail(), config.reply_timeout());
+    let secret = config
+        .jwt_secret
+        .clone()
+        .ok_or(ConfigError::MissingJwtSecret)?;
+    tracing::info!(
+        brokers,
+        topic_prefix = topics.prefix(),
+        "distributed mode: user directory over Kafka, sessions in Redis"
+    );
+    Ok(Backends {
+        store: Arc::new(store),
+        directory: Directory::new(Arc::new(transport)),
+        outbox: Arc::new(outbox),
+        secret,
+    })
+}
+
+async fn embedded(config: &Config) -> Result<Backends, StartError> {
+    let database_url = sqlite_url(config.database_url.expose_secret());
+    let repository = SqliteUserRepository::connect(&database_url).await?;
+    repository.migrate().await?;
+    let directory = UserDirectory::new(Arc::new(repository));
+
+    let mailer: Arc<dyn Mailer> = match &config.smtp_url {
+        Some(url) => {
+            let from: Mailbox = config
+                .mail_from
+                .parse()
+                .map_err(|e| StartError::Mail(format!("MAIL_FROM: {e}")))?;
+            Arc::new(SmtpMailer::from_url(url, from).map_err(|e| StartError::Mail(e.to_string()))?)
+        }
+        None => Arc::new(LogMailer),
+    };
+
+    let secret = match &config.jwt_secret {
+        Some(secret) => secret.clone(),
+        None => embedded_secret(config.database_url.expose_secret())?,
+    };
+    Ok(Backends {
+        store: Arc::new(MemoryStore::new()),
+        directory: Directory::new(Arc::new(InProcessTransport::new(directory))),
+        outbox: Arc::new(InProcessOutbox::new(mailer)),
+        secret,
+    })
+}
+
+/// Accepts a plain path as well as a `sqlite:` URL.
+fn sqlite_url(database: &str) -> String {
+    if database.starts_with("sqlite:") {
+        database.to_owned()
+    } else {
+        format!("sqlite://{database}")
+    }
+}
+
+fn is_in_memory(database: &str) -> bool {
+    database.contains(":memory:") || database.contains("mode=memory")
+}
+
+/// Where the generated secret of a database file is kept: beside it.
+fn secret_path(database: &str) -> Option<PathBuf> {
+    if is_in_memory(database) {
+        return None;
+    }
+    let path = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .unwrap_or(database);
+    let path = path.split('?').next().unwrap_or(path);
+    Some(PathBuf::from(format!("{path}.jwt-secret")))
+}
+
+/// Embedded mode without JWT_SECRET: a random secret kept beside the database (mode 0600), so
+/// sessions survive a restart; for an in-memory database, one for this run only.
+fn embedded_secret(database: &str) -> Result<SecretString, StartError> {
+    let generate = || {
+        let bytes: [u8; 32] = rand::rng().random();
+        hex::encode(bytes)
+    };
+    let Some(path) = secret_path(database) else {
+        return Ok(SecretString::from(generate()));
+    };
+    let io_error = |source| ConfigError::SecretFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if existing.trim().len() >= crate::config::MIN_JWT_SECRET_BYTES => {
+            return Ok(SecretString::from(existing.trim().to_owned()));
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error(error).into()),
+    }
+    let secret = generate();
+    write_private(&path, &secret).map_err(io_error)?;
+    Ok(SecretString::from(secret))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+fn print_embedded_banner(config: &Config, address: SocketAddr) {
+    let database = config.database_url.expose_secret();
+    let data = if is_in_memory(database) {
+        "in memory (gone when the process stops)".to_owned()
+    } else {
+        format!("{database} (SQLite)")
+    };
+    let mail = if config.smtp_url.is_some() {
+        "sent over SMTP_URL"
+    } else {
+        "printed to this log (look for the code below)"
+    };
+    let host = if address.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        address.ip().to_string()
+    };
+    tracing::warn!(
+        "\n==================== broker-auth: EMBEDDED MODE ====================\n\
+         Not for production: one process, SQLite, codes and sessions in memory.\n\
+         Open:  http://{host}:{port}/\n\
+         Data:  {data}\n\
+         Mail:  {mail}\n\
+         Set KAFKA_BROKERS, REDIS_URL and JWT_SECRET to run the distributed service.\n\
+         ====================================================================",
+        port = address.port(),
+    );
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_become_sqlite_urls() {
+        assert_eq!(sqlite_url("broker-auth.db"), "sqlite://broker-auth.db");
+        assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn the_generated_secret_lives_beside_the_database() {
+        assert_eq!(
+            secret_path("data/auth.db"),
+            Some(PathBuf::from("data/auth.db.jwt-secret"))
+        );
+        assert_eq!(
+            secret_path("sqlite://data/auth.db?mode=rwc"),
+            Some(PathBuf::from("data/auth.db.jwt-secret"))
+        );
+        assert_eq!(secret_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn a_generated_secret_is_reused_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("ba-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("auth.db");
+        let db = db.to_str().unwrap();
+        let first = embedded_secret(db).unwrap();
+        let second = embedded_secret(db).unwrap();
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        assert!(first.expose_secret().len() >= 32);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

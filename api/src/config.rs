@@ -1,0 +1,263 @@
+//! Settings of the API binary. Only this module reads the environment (through clap's `env`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
+
+/// broker-auth HTTP API: signup with an emailed one-time code, verify, signin, me, logout.
+///
+/// Without KAFKA_BROKERS it runs in embedded mode (SQLite, in-memory store, mail in the log):
+/// for trying and developing, not for production.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "broker-auth-api", version, about, long_about = None)]
+pub struct Config {
+    /// Address the HTTP server binds (API, web UI, /healthz, /readyz, /metrics).
+    #[arg(long, env = "API_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Kafka bootstrap servers (host:port,...). Unset: embedded mode.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Prefix of every topic name, so several deployments can share one Kafka.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+
+    /// Partitions of topics created when missing.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub kafka_topic_partitions: i32,
+
+    /// Replication factor of topics created when missing.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub kafka_replication_factor: i32,
+
+    /// fetch.wait.max.ms of the reply consumer; the request round trip waits on it, keep it small.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub kafka_fetch_wait_ms: u32,
+
+    /// How long to wait for the worker tier's reply before answering 503.
+    #[arg(long, env = "KAFKA_REPLY_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub kafka_reply_timeout_ms: u64,
+
+    /// Redis for codes, sessions and rate limits (redis:// or rediss://). Required with Kafka.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<SecretString>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+
+    /// Embedded mode only: the SQLite database (a path or sqlite: URL; `sqlite::memory:` keeps nothing).
+    #[arg(long, env = "DATABASE_URL", default_value = "broker-auth.db")]
+    pub database_url: SecretString,
+
+    /// Embedded mode only: send mail over SMTP (lettre URL) instead of printing it to the log.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<SecretString>,
+
+    /// Embedded mode only: sender of mail sent over SMTP_URL.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "broker-auth <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+
+    /// HMAC key for session tokens and code hashes, at least 32 bytes. Required with Kafka;
+    /// in embedded mode one is generated and kept beside the database.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Mark the session cookie Secure (HTTPS only). Default true; false by default in embedded mode.
+    #[arg(long, env = "COOKIE_SECURE")]
+    pub cookie_secure: Option<bool>,
+
+    /// bcrypt cost factor for password hashes (4..=31).
+    #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
+    /// Lifetime of a session (token, cookie and Redis entry), in seconds.
+    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub session_ttl_secs: u64,
+
+    /// Lifetime of a signup code, in seconds.
+    #[arg(long, env = "OTP_TTL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=3600))]
+    pub otp_ttl_secs: u64,
+
+    /// Wrong guesses allowed per code before it is burned.
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub otp_max_attempts: u32,
+
+    /// Seconds before another code can be sent to the same address.
+    #[arg(long, env = "SIGNUP_RESEND_COOLDOWN_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub signup_resend_cooldown_secs: u64,
+
+    /// Failed signins allowed per address within SIGNIN_FAILURE_WINDOW_SECS.
+    #[arg(long, env = "SIGNIN_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub signin_max_failures: u64,
+
+    /// Window of the failed-signin limit, in seconds.
+    #[arg(long, env = "SIGNIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub signin_failure_window_secs: u64,
+
+    /// Requests per minute allowed per client IP on each auth endpoint (offices share addresses).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rate_limit_per_minute: u64,
+
+    /// Number of reverse proxies in front of the API whose X-Forwarded-For entries are trusted.
+    /// 0: the client IP is the socket's.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=10))]
+    pub trusted_proxy_hops: u8,
+}
+
+/// A setting that is present but unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("JWT_SECRET is required when KAFKA_BROKERS is set")]
+    MissingJwtSecret,
+    #[error("JWT_SECRET must be at least 32 bytes (it has {0})")]
+    ShortJwtSecret(usize),
+    #[error("REDIS_URL is required when KAFKA_BROKERS is set")]
+    MissingRedisUrl,
+    #[error("REDIS_URL must start with redis://, rediss:// or unix://")]
+    InvalidRedisUrl,
+    #[error("KAFKA_BROKERS is empty")]
+    EmptyBrokers,
+    #[error("KAFKA_TOPIC_PREFIX: {0}")]
+    TopicPrefix(#[from] broker_auth_contract::ContractError),
+    #[error("could not read or create the embedded-mode JWT secret at {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The minimum HMAC key length (RFC 7518 §3.2 asks for a key as long as the hash output).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Config {
+    pub fn is_embedded(&self) -> bool {
+        self.kafka_brokers.is_none()
+    }
+
+    pub fn cookie_secure(&self) -> bool {
+        self.cookie_secure.unwrap_or(!self.is_embedded())
+    }
+
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_reply_timeout_ms)
+    }
+
+    /// Checks what clap cannot: cross-setting requirements and secret lengths.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        broker_auth_contract::Topics::new(self.kafka_topic_prefix.clone())?;
+        if let Some(secret) = &self.jwt_secret {
+            let len = secret.expose_secret().len();
+            if len < MIN_JWT_SECRET_BYTES {
+                return Err(ConfigError::ShortJwtSecret(len));
+            }
+        }
+        if let Some(brokers) = &self.kafka_brokers {
+            if brokers.trim().is_empty() {
+                return Err(ConfigError::EmptyBrokers);
+            }
+            if self.jwt_secret.is_none() {
+                return Err(ConfigError::MissingJwtSecret);
+            }
+            match &self.redis_url {
+                None => return Err(ConfigError::MissingRedisUrl),
+                Some(url) => {
+                    let url = url.expose_secret();
+                    if !["redis://", "rediss://", "unix://"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme))
+                    {
+                        return Err(ConfigError::InvalidRedisUrl);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests and examples: embedded mode, in-memory SQLite, port 0.
+    pub fn for_tests() -> Self {
+        Self::parse_from([
+            "broker-auth-api",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+            "--bcrypt-cost",
+            "4",
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn distributed(extra: &[&str]) -> Config {
+        let mut args = vec![
+            "broker-auth-api",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn distributed_mode_requires_a_jwt_secret() {
+        assert!(matches!(
+            distributed(&[]).validate(),
+            Err(ConfigError::MissingJwtSecret)
+        ));
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused() {
+        let config = distributed(&["--jwt-secret", "too-short"]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::ShortJwtSecret(9))
+        ));
+    }
+
+    #[test]
+    fn a_full_distributed_config_is_accepted_with_secure_cookies() {
+        let config = distributed(&["--jwt-secret", &"k".repeat(32)]);
+        config.validate().unwrap();
+        assert!(config.cookie_secure());
+        assert!(!config.is_embedded());
+    }
+
+    #[test]
+    fn embedded_mode_defaults_to_insecure_cookies_only_there() {
+        let config = Config::for_tests();
+        assert!(config.is_embedded());
+        assert!(!config.cookie_secure());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bcrypt_cost_out_of_range_is_a_parse_error() {
+        assert!(Config::try_parse_from(["broker-auth-api", "--bcrypt-cost", "3"]).is_err());
+    }
+
+    #[test]
+    fn a_bad_redis_scheme_is_refused() {
+        let mut config = distributed(&["--jwt-secret", &"k".repeat(32)]);
+        config.redis_url = Some("http://x".into());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::InvalidRedisUrl)
+        ));
+    }
+}

@@ -1,0 +1,315 @@
+//! Codes, password hashes and session tokens.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::domain::{EmailAddress, OtpCode};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const ISSUER: &str = "broker-auth";
+const OTP_KEY_LABEL: &[u8] = b"broker-auth/otp-hash/v1";
+/// Fixed key of the password pre-hash. Its job is to turn any password into 44 ASCII bytes
+/// (under bcrypt's 72-byte limit, no NUL bytes); the secret part of the hash is bcrypt's.
+const PASSWORD_PREHASH_KEY: &[u8] = b"broker-auth/password-prehash/v1";
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Keys derived from `JWT_SECRET`.
+#[derive(Clone)]
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    otp_key: [u8; 32],
+}
+
+impl Keys {
+    pub fn new(secret: &SecretString) -> Self {
+        let bytes = secret.expose_secret().as_bytes();
+        Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            // A separate key for code hashes, so a leaked code hash says nothing about the JWT key.
+            otp_key: hmac(bytes, &[OTP_KEY_LABEL]),
+        }
+    }
+
+    /// The keyed hash of a code for one address, hex encoded: what Redis keeps instead of the code.
+    pub fn otp_hash(&self, email: &EmailAddress, code: &OtpCode) -> String {
+        hex::encode(hmac(
+            &self.otp_key,
+            &[email.as_str().as_bytes(), b"\0", code.as_str().as_bytes()],
+        ))
+    }
+
+    pub fn issue_session_token(
+        &self,
+        user_id: Uuid,
+        email: &str,
+        jti: Uuid,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let iat = now_secs();
+        let claims = SessionClaims {
+            sub: user_id.to_string(),
+            email: email.to_owned(),
+            jti: jti.to_string(),
+            iss: ISSUER.to_owned(),
+            iat,
+            exp: iat + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// Verifies signature (HS256 only), issuer and expiry.
+    pub fn verify_session_token(&self, token: &str) -> Option<SessionClaims> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = 5;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
+        jsonwebtoken::decode::<SessionClaims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+}
+
+/// Claims of a session token. The token alone is not enough: `session:{jti}` must exist in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub sub: String,
+    pub email: String,
+    pub jti: String,
+    pub iss: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh six-digit code, uniformly from 000000 to 999999, from a CSPRNG
+/// (rand's thread RNG: ChaCha seeded from the OS).
+pub fn generate_otp() -> OtpCode {
+    let n: u32 = rand::rng().random_range(0..1_000_000);
+    // Always six ASCII digits, so parsing cannot fail.
+    OtpCode::parse(&format!("{n:06}")).unwrap_or_else(|_| unreachable!())
+}
+
+/// Compares two code hashes in constant time.
+pub fn otp_hashes_match(stored: &str, candidate: &str) -> bool {
+    stored.as_bytes().ct_eq(candidate.as_bytes()).into()
+}
+
+/// bcrypt hashing off the async runtime, with a cap on concurrent hashes so a burst of signins
+/// queues instead of starving the blocking pool.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    cost: u32,
+    dummy_hash: Arc<str>,
+    permits: Arc<Semaphore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("bcrypt failed: {0}")]
+    Bcrypt(#[from] bcrypt::BcryptError),
+    #[error("hashing task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("hashing limiter closed")]
+    Closed,
+}
+
+fn prehash(password: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(hmac(PASSWORD_PREHASH_KEY, &[password.as_bytes()]))
+}
+
+impl PasswordHasher {
+    /// Computes the dummy hash used for unknown users once, at the configured cost, so signin
+    /// for an unknown address costs the same as for a known one.
+    pub async fn new(cost: u32) -> Result<Self, HashError> {
+        let random: [u8; 16] = rand::rng().random();
+        let dummy =
+            tokio::task::spawn_blocking(move || bcrypt::hash(prehash(&hex::encode(random)), cost))
+                .await??;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Self {
+            cost,
+            dummy_hash: dummy.into(),
+            permits: Arc::new(Semaphore::new(workers * 2)),
+        })
+    }
+
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        let prehashed = prehash(password);
+        let cost = self.cost;
+        Ok(tokio::task::spawn_blocking(move || bcrypt::hash(prehashed, cost)).await??)
+    }
+
+    /// Checks `password` against `hash`, or against the dummy hash when there is no user, doing
+    /// the same work either way. A malformed stored hash counts as a mismatch.
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        let known = hash.is_some();
+        let hash = hash.map_or_else(|| self.dummy_hash.to_string(), str::to_owned);
+        let prehashed = prehash(password);
+        let matches =
+            tokio::task::spawn_blocking(move || bcrypt::verify(prehashed, &hash).unwrap_or(false))
+                .await?;
+        Ok(known && matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new(&SecretString::from("k".repeat(32)))
+    }
+
+    #[test]
+    fn codes_are_six_digits_and_vary() {
+        let codes: std::collections::HashSet<String> = (0..200)
+            .map(|_| generate_otp().as_str().to_owned())
+            .collect();
+        assert!(codes.iter().all(|c| c.len() == 6));
+        assert!(codes.len() > 190, "codes repeat too often: {}", codes.len());
+    }
+
+    #[test]
+    fn code_hashes_are_keyed_by_secret_and_address() {
+        let code = OtpCode::parse("123456").unwrap();
+        let a = EmailAddress::parse("a@example.com").unwrap();
+        let b = EmailAddress::parse("b@example.com").unwrap();
+        let other_keys = Keys::new(&SecretString::from("z".repeat(32)));
+        assert_ne!(keys().otp_hash(&a, &code), keys().otp_hash(&b, &code));
+        assert_ne!(keys().otp_hash(&a, &code), other_keys.otp_hash(&a, &code));
+        assert!(otp_hashes_match(
+            &keys().otp_hash(&a, &code),
+            &keys().otp_hash(&a, &code)
+        ));
+        assert!(!keys().otp_hash(&a, &code).contains("123456"));
+    }
+
+    #[test]
+    fn a_session_token_round_trips() {
+        let (user, jti) = (Uuid::new_v4(), Uuid::new_v4());
+        let token = keys()
+            .issue_session_token(user, "a@example.com", jti, Duration::from_secs(60))
+            .unwrap();
+        let claims = keys().verify_session_token(&token).unwrap();
+        assert_eq!(claims.sub, user.to_string());
+        assert_eq!(claims.jti, jti.to_string());
+        assert_eq!(claims.exp - claims.iat, 60);
+    }
+
+    #[test]
+    fn tokens_signed_with_another_key_or_algorithm_are_refused() {
+        let claims = SessionClaims {
+            sub: Uuid::new_v4().to_string(),
+            email: "a@example.com".into(),
+            jti: Uuid::new_v4().to_string(),
+            iss: ISSUER.into(),
+            iat: now_secs(),
+            exp: now_secs() + 60,
+        };
+        let other = EncodingKey::from_secret(&[b'z'; 32]);
+        let forged = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &other).unwrap();
+        assert!(keys().verify_session_token(&forged).is_none());
+
+        let same_key = EncodingKey::from_secret(&[b'k'; 32]);
+        let hs512 =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &same_key).unwrap();
+        assert!(
+            keys().verify_session_token(&hs512).is_none(),
+            "algorithm must be pinned"
+        );
+
+        // alg=none: header {"alg":"none"} with no signature.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        assert!(keys().verify_session_token(&none).is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let claims = SessionClaims {
+            sub: Uuid::new_v4().to_string(),
+            email: "a@example.com".into(),
+            jti: Uuid::new_v4().to_string(),
+            iss: ISSUER.into(),
+            iat: now_secs() - 3600,
+            exp: now_secs() - 60,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&[b'k'; 32]),
+        )
+        .unwrap();
+        assert!(keys().verify_session_token(&token).is_none());
+    }
+
+    #[tokio::test]
+    async fn long_passwords_are_not_truncated() {
+        let hasher = PasswordHasher::new(4).await.unwrap();
+        let base = "x".repeat(80);
+        let hash = hasher.hash(&format!("{base}A")).await.unwrap();
+        assert!(
+            hasher
+                .verify(&format!("{base}A"), Some(&hash))
+                .await
+                .unwrap()
+        );
+        // Differs only after byte 72: plain bcrypt would accept it.
+        assert!(
+            !hasher
+                .verify(&format!("{base}B"), Some(&hash))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_users_never_verify() {
+        let hasher = PasswordHasher::new(4).await.unwrap();
+        assert!(!hasher.verify("anything", None).await.unwrap());
+        assert!(!hasher.verify("anything", Some("not-a-hash")).await.unwrap());
+    }
+}

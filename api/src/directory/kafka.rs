@@ -1,0 +1,228 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_auth_contract::{RequestKind, Topics, headers};
+use broker_auth_kafka::{KafkaSettings, header_str};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{DirectoryError, DirectoryTransport};
+
+type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Vec<u8>>>>>;
+
+/// Request/reply over Kafka.
+///
+/// Every API instance reads every partition of the reply topics by assignment (no consumer
+/// group, so no rebalances), starting from the end offsets it saw at start, and picks the
+/// replies whose `correlation-id` it is waiting for; the rest belong to other instances or
+/// arrived too late and are dropped.
+pub struct KafkaTransport {
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer>,
+    topics: Topics,
+    pending: Pending,
+    timeout: Duration,
+    positioned: Arc<AtomicBool>,
+}
+
+/// Removes a pending call when its future ends, however it ends.
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    correlation_id: Uuid,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.correlation_id);
+    }
+}
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Vec<u8>>>> {
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KafkaTransport {
+    /// Ensures the topics exist, positions the reply reader at the end of every reply partition
+    /// and starts it. The reader stops when `shutdown` is cancelled.
+    pub async fn start(
+        settings: &KafkaSettings,
+        topics: Topics,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, broker_auth_kafka::Error> {
+        broker_auth_kafka::ensure_topics(settings, &topics.all()).await?;
+        let producer = settings.producer()?;
+        let consumer = Arc::new(
+            settings.assigned_consumer(&format!("broker-auth-api-replies-{}", Uuid::new_v4()))?,
+        );
+        let partitions = broker_auth_kafka::partition_counts(
+            settings,
+            &topics.reply_topics(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        // Explicit end offsets rather than Offset::End: a reply produced before librdkafka
+        // resolved "end" would otherwise be skipped.
+        let assignment = {
+            let consumer = consumer.clone();
+            tokio::task::spawn_blocking(
+                move || -> Result<TopicPartitionList, broker_auth_kafka::Error> {
+                    let mut list = TopicPartitionList::new();
+                    for (topic, count) in partitions {
+                        for partition in 0..count {
+                            let (_, high) = consumer.fetch_watermarks(
+                                &topic,
+                                partition,
+                                Duration::from_secs(10),
+                            )?;
+                            list.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+                        }
+                    }
+                    Ok(list)
+                },
+            )
+            .await??
+        };
+        consumer.assign(&assignment)?;
+
+        let pending: Pending = Arc::default();
+        let positioned = Arc::new(AtomicBool::new(true));
+        tokio::spawn(
+            read_replies(
+                consumer.clone(),
+                pending.clone(),
+                positioned.clone(),
+                shutdown,
+            )
+            .instrument(tracing::info_span!("reply_reader")),
+        );
+        Ok(Self {
+            producer,
+            consumer,
+            topics,
+            pending,
+            timeout,
+            positioned,
+        })
+    }
+}
+
+async fn read_replies(
+    consumer: Arc<StreamConsumer>,
+    pending: Pending,
+    positioned: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "reading replies failed; retrying");
+                continue;
+            }
+        };
+        let Some(correlation_id) = header_str(message.headers(), headers::CORRELATION_ID)
+            .and_then(|id| id.parse::<Uuid>().ok())
+        else {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "reply without a valid correlation-id dropped"
+            );
+            continue;
+        };
+        let waiter = lock(&pending).remove(&correlation_id);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(message.payload().unwrap_or_default().to_vec());
+            }
+            None => tracing::trace!(%correlation_id, "reply for another instance or too late"),
+        }
+    }
+    positioned.store(false, Ordering::Release);
+}
+
+#[async_trait]
+impl DirectoryTransport for KafkaTransport {
+    async fn round_trip(
+        &self,
+        kind: RequestKind,
+        key: &str,
+        request_id: Uuid,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, DirectoryError> {
+        let correlation_id = Uuid::new_v4();
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.pending).insert(correlation_id, sender);
+        let _guard = PendingGuard {
+            pending: &self.pending,
+            correlation_id,
+        };
+
+        let request_topic = self.topics.request(kind);
+        let reply_topic = self.topics.reply(kind);
+        let correlation = correlation_id.to_string();
+        let traceparent = broker_auth_telemetry::traceparent(&tracing::Span::current());
+        let mut pairs = vec![
+            (headers::CORRELATION_ID, correlation.as_str()),
+            (headers::REPLY_TO, reply_topic.as_str()),
+        ];
+        if let Some(traceparent) = &traceparent {
+            pairs.push((headers::TRACEPARENT, traceparent));
+        }
+        let record = FutureRecord::to(&request_topic)
+            .key(key)
+            .payload(&body)
+            .headers(broker_auth_kafka::headers(pairs));
+
+        let exchange = async {
+            self.producer
+                .send(record, Timeout::After(self.timeout))
+                .await
+                .map_err(|(error, _)| DirectoryError::Unavailable(error.to_string()))?;
+            receiver
+                .await
+                .map_err(|_| DirectoryError::Unavailable("the reply reader stopped".into()))
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| DirectoryError::Timeout(self.timeout))?;
+        tracing::debug!(
+            kind = kind.label(),
+            %request_id,
+            %correlation_id,
+            elapsed_ms = started.elapsed().as_millis(),
+            ok = result.is_ok(),
+            "directory round trip"
+        );
+        result
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if !self.positioned.load(Ordering::Acquire) {
+            return Err("the reply reader is not running".into());
+        }
+        if !broker_auth_kafka::is_reachable(self.consumer.clone(), Duration::from_secs(2)).await {
+            return Err("kafka is not reachable".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! The one error type of the HTTP layer and its JSON shape:
+//! `{"error":{"code":"…","message":"…","fields":{…}}}`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::directory::DirectoryError;
+use crate::outbox::OutboxError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    Validation(BTreeMap<&'static str, &'static str>),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("invalid or expired code")]
+    InvalidCode,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("not signed in")]
+    Unauthenticated,
+    #[error("account already exists")]
+    AccountExists,
+    #[error("not found")]
+    NotFound,
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How long clients are asked to wait after a 503.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl ApiError {
+    pub fn field(field: &'static str, message: &'static str) -> Self {
+        Self::Validation(BTreeMap::from([(field, message)]))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Some fields are not valid.",
+            ),
+            Self::MalformedJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "The request body is not valid JSON.",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is larger than 64 KiB.",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as JSON with Content-Type: application/json.",
+            ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many attempts. Wait a moment and try again.",
+            ),
+            Self::InvalidCode => (
+                StatusCode::BAD_REQUEST,
+                "invalid_code",
+                "That code is wrong or has expired. Check the email or request a new code.",
+            ),
+            Self::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "The email or password is not correct.",
+            ),
+            Self::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "You are not signed in.",
+            ),
+            Self::AccountExists => (
+                StatusCode::CONFLICT,
+                "account_exists",
+                "This address already has an account. Sign in instead.",
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource."),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The service is busy or partly unavailable. Try again shortly.",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Something went wrong on our side.",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        match &self {
+            // Details of server-side failures go to the log, never to the client.
+            Self::Internal(detail) => tracing::error!(detail, "request failed"),
+            Self::Unavailable(detail) => tracing::warn!(detail, "dependency unavailable"),
+            _ => {}
+        }
+        let mut error = json!({ "code": code, "message": message });
+        if let Self::Validation(fields) = &self {
+            error["fields"] = json!(fields);
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let retry_after = match &self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
+            // Round up: "Retry-After: 0" would invite an immediate retry.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Redis(e) => Self::Unavailable(format!("redis: {e}")),
+            StoreError::Corrupt(e) => Self::Internal(format!("store: {e}")),
+        }
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(error: DirectoryError) -> Self {
+        match error {
+            DirectoryError::Timeout(_) | DirectoryError::Unavailable(_) => {
+                Self::Unavailable(error.to_string())
+            }
+            DirectoryError::Rejected { .. } | DirectoryError::BadReply(_) => {
+                Self::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<OutboxError> for ApiError {
+    fn from(error: OutboxError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl From<crate::crypto::HashError> for ApiError {
+    fn from(error: crate::crypto::HashError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<jsonwebtoken::errors::Error> for ApiError {
+    fn from(error: jsonwebtoken::errors::Error) -> Self {
+        Self::Internal(format!("jwt: {error}"))
+    }
+}

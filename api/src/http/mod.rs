@@ -1,0 +1,177 @@
+//! The HTTP surface: the auth API, the web UI, and the operational endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::crypto::{Keys, PasswordHasher};
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::outbox::MailOutbox;
+use crate::store::EphemeralStore;
+
+mod auth;
+pub mod error;
+mod extract;
+mod ops;
+mod ui;
+
+pub use error::ApiError;
+
+/// The most a request body may hold.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Limits and lifetimes of the auth flows.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub session_ttl: Duration,
+    pub otp_ttl: Duration,
+    pub otp_max_attempts: u32,
+    pub resend_cooldown: Duration,
+    pub signin_max_failures: u64,
+    pub signin_failure_window: Duration,
+    pub rate_limit_per_minute: u64,
+    pub trusted_proxy_hops: u8,
+    pub cookie_secure: bool,
+}
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub store: Arc<dyn EphemeralStore>,
+    pub directory: Directory,
+    pub outbox: Arc<dyn MailOutbox>,
+    pub keys: Keys,
+    pub hasher: PasswordHasher,
+    pub policy: Policy,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let auth = Router::new()
+        .route("/signup", post(auth::signup))
+        .route("/verify", post(auth::verify))
+        .route("/signin", post(auth::signin))
+        .route("/me", get(auth::me))
+        .route("/logout", post(auth::logout))
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(SetResponseHeaderLayer::overriding(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+
+    Router::new()
+        .nest("/api/v1/auth", auth)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(ui::router())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // The matched route, not the raw path: paths can carry anything a client sends.
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                tracing::info_span!("http", method = %request.method(), route)
+            }),
+        )
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .layer(ui::security_headers())
+        .with_state(state)
+}
+
+/// Per client IP and endpoint, a fixed one-minute window.
+async fn rate_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let ip = extract::client_ip(
+        request.headers(),
+        request.extensions().get::<ConnectInfo<SocketAddr>>(),
+        state.policy.trusted_proxy_hops,
+    )
+    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str)
+        .to_owned();
+    let route = route.as_str();
+    let (count, retry_after) = state
+        .store
+        .hit(&format!("ip:{route}:{ip}"), Duration::from_secs(60))
+        .await?;
+    if count > state.policy.rate_limit_per_minute {
+        tracing::info!(route, %ip, "rate limited");
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    Ok(next.run(request).await)
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+fn json_content_type() -> HeaderValue {
+    HeaderValue::from_static("application/json")
+}
+
+/// A small JSON response, for the operational endpoints.
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, json_content_type())],
+        body.to_string(),
+    )
+        .into_response()
+}

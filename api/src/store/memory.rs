@@ -1,0 +1,203 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session};
+
+#[derive(Debug, Clone)]
+enum Value {
+    Code(CodeRecord),
+    Session(Session),
+    Flag,
+    Counter(u64),
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires: Instant,
+}
+
+/// The embedded-mode store: a map behind one mutex, entries expiring like Redis keys.
+/// Every operation holds the lock for its whole read-modify-write, which makes attempt
+/// counting and consumption atomic exactly as the Redis scripts are.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: Mutex<Map>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    entries: HashMap<String, Entry>,
+    writes_since_sweep: usize,
+}
+
+impl Map {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        if self.entries.get(key).is_some_and(|e| e.expires <= now) {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key)
+    }
+
+    fn insert(&mut self, key: String, value: Value, ttl: Duration, now: Instant) {
+        self.writes_since_sweep += 1;
+        // Expired entries nobody reads again are dropped in passing, so memory stays bounded.
+        if self.writes_since_sweep >= 1024 {
+            self.entries.retain(|_, e| e.expires > now);
+            self.writes_since_sweep = 0;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                expires: now + ttl,
+            },
+        );
+    }
+}
+
+fn key(kind: &str, id: &str) -> String {
+    format!("{kind}:{id}")
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Map, Instant) -> T) -> T {
+        // A panic while holding the lock cannot leave a half-written entry: every write is one insert.
+        let mut map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut map, Instant::now())
+    }
+}
+
+#[async_trait]
+impl EphemeralStore for MemoryStore {
+    async fn put_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<()> {
+        self.with(|map, now| map.insert(key("otp", email), Value::Code(record.clone()), ttl, now));
+        Ok(())
+    }
+
+    async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt> {
+        let key = key("otp", email);
+        Ok(self.with(|map, now| {
+            let Some(entry) = map.live(&key, now) else {
+                return CodeAttempt::Missing;
+            };
+            let expires = entry.expires;
+            let Value::Code(record) = &mut entry.value else {
+                return CodeAttempt::Missing;
+            };
+            record.attempts = record.attempts.saturating_add(1);
+            if record.attempts > max_attempts {
+                map.entries.remove(&key);
+                return CodeAttempt::Burned;
+            }
+            CodeAttempt::Check {
+                record: record.clone(),
+                remaining: expires.saturating_duration_since(now),
+            }
+        }))
+    }
+
+    async fn consume_code(&self, email: &str, hash: &str) -> Result<bool> {
+        let key = key("otp", email);
+        Ok(self.with(|map, now| {
+            let matches = matches!(
+                map.live(&key, now),
+                Some(Entry { value: Value::Code(record), .. }) if record.hash == hash
+            );
+            if matches {
+                map.entries.remove(&key);
+            }
+            matches
+        }))
+    }
+
+    async fn start_cooldown(&self, id: &str, ttl: Duration) -> Result<Option<Duration>> {
+        let key = key("cooldown", id);
+        Ok(self.with(|map, now| {
+            if let Some(entry) = map.live(&key, now) {
+                return Some(entry.expires.saturating_duration_since(now));
+            }
+            map.insert(key, Value::Flag, ttl, now);
+            None
+        }))
+    }
+
+    async fn end_cooldown(&self, id: &str) -> Result<()> {
+        self.with(|map, _| map.entries.remove(&key("cooldown", id)));
+        Ok(())
+    }
+
+    async fn hit(&self, id: &str, window: Duration) -> Result<(u64, Duration)> {
+        let key = key("rate", id);
+        Ok(self.with(|map, now| {
+            if let Some(Entry {
+                value: Value::Counter(n),
+                expires,
+            }) = map.live(&key, now)
+            {
+                *n += 1;
+                return (*n, expires.saturating_duration_since(now));
+            }
+            map.insert(key, Value::Counter(1), window, now);
+            (1, window)
+        }))
+    }
+
+    async fn count(&self, id: &str) -> Result<(u64, Duration)> {
+        let key = key("rate", id);
+        Ok(self.with(|map, now| match map.live(&key, now) {
+            Some(Entry {
+                value: Value::Counter(n),
+                expires,
+            }) => (*n, expires.saturating_duration_since(now)),
+            _ => (0, Duration::ZERO),
+        }))
+    }
+
+    async fn reset(&self, id: &str) -> Result<()> {
+        self.with(|map, _| map.entries.remove(&key("rate", id)));
+        Ok(())
+    }
+
+    async fn put_session(&self, jti: &str, session: &Session, ttl: Duration) -> Result<()> {
+        self.with(|map, now| {
+            map.insert(
+                key("session", jti),
+                Value::Session(session.clone()),
+                ttl,
+                now,
+            )
+        });
+        Ok(())
+    }
+
+    async fn session(&self, jti: &str) -> Result<Option<Session>> {
+        let key = key("session", jti);
+        Ok(self.with(|map, now| match map.live(&key, now) {
+            Some(Entry {
+                value: Value::Session(session),
+                ..
+            }) => Some(session.clone()),
+            _ => None,
+        }))
+    }
+
+    async fn delete_session(&self, jti: &str) -> Result<()> {
+        self.with(|map, _| map.entries.remove(&key("session", jti)));
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Short-lived state: signup codes, sessions, cooldowns and rate-limit windows.
+//!
+//! One trait, two implementations with the same semantics: Redis for deployments, memory for
+//! embedded mode. Both run the same test suite (`tests/store_contract.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_auth_contract::User;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+mod memory;
+mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What is kept for an issued code: never the code itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// Keyed hash of the code.
+    pub hash: String,
+    /// The id of the user-creation request this code leads to; a retried verify reuses it, so
+    /// creating the account stays idempotent.
+    pub request_id: Uuid,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// The result of counting one attempt against a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeAttempt {
+    /// No code for this address (never sent, expired or consumed).
+    Missing,
+    /// That attempt was one too many: the code is gone.
+    Burned,
+    /// The attempt was counted; compare against `record.hash`.
+    Check {
+        record: CodeRecord,
+        remaining: Duration,
+    },
+}
+
+/// A live session, as stored under `session:{jti}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user: User,
+}
+
+#[async_trait]
+pub trait EphemeralStore: Send + Sync + 'static {
+    /// Stores a code record under `otp:{email}`, replacing any earlier one.
+    async fn put_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<()>;
+
+    /// Atomically counts an attempt, burning the code once attempts exceed `max_attempts`,
+    /// and returns the record to compare against.
+    async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt>;
+
+    /// Deletes the code if it still has `hash`. Exactly one of several concurrent callers gets `true`.
+    async fn consume_code(&self, email: &str, hash: &str) -> Result<bool>;
+
+    /// Starts a cooldown unless one is running; returns the time left of a running one.
+    async fn start_cooldown(&self, key: &str, ttl: Duration) -> Result<Option<Duration>>;
+
+    async fn end_cooldown(&self, key: &str) -> Result<()>;
+
+    /// Adds one to a fixed-window counter (the window starts with the first hit) and returns
+    /// the count and the time left in the window.
+    async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration)>;
+
+    /// Reads a fixed-window counter without adding to it.
+    async fn count(&self, key: &str) -> Result<(u64, Duration)>;
+
+    async fn reset(&self, key: &str) -> Result<()>;
+
+    async fn put_session(&self, jti: &str, session: &Session, ttl: Duration) -> Result<()>;
+
+    async fn session(&self, jti: &str) -> Result<Option<Session>>;
+
+    async fn delete_session(&self, jti: &str) -> Result<()>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<()>;
+}

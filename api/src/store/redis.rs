@@ -1,0 +1,229 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session, StoreError};
+
+/// Counts the attempt before anything is compared, burning the code past the limit.
+const ATTEMPT_CODE: &str = r"
+local h = redis.call('HGET', KEYS[1], 'h')
+if not h then return {0} end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if n > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return {1}
+end
+return {2, h, redis.call('HGET', KEYS[1], 'rid'), n, redis.call('PTTL', KEYS[1])}
+";
+
+/// Deletes the code only if it is still the one that was compared: one winner among racers.
+const CONSUME_CODE: &str = r"
+if redis.call('HGET', KEYS[1], 'h') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+const HIT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('PTTL', KEYS[1])}
+";
+
+/// The Redis-backed store. Keys: `{prefix}otp:{email}`, `{prefix}session:{jti}`,
+/// `{prefix}cooldown:{key}`, `{prefix}rate:{key}`.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    attempt_code: Script,
+    consume_code: Script,
+    hit: Script,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn from_pttl(pttl: i64) -> Duration {
+    Duration::from_millis(u64::try_from(pttl).unwrap_or(0))
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            attempt_code: Script::new(ATTEMPT_CODE),
+            consume_code: Script::new(CONSUME_CODE),
+            hit: Script::new(HIT),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl EphemeralStore for RedisStore {
+    async fn put_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<()> {
+        let key = self.key("otp", email);
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .del(&key)
+            .hset_multiple(
+                &key,
+                &[
+                    ("h", record.hash.clone()),
+                    ("rid", record.request_id.to_string()),
+                    ("n", record.attempts.to_string()),
+                ],
+            )
+            .pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt> {
+        let mut connection = self.connection.clone();
+        let reply: Vec<redis::Value> = self
+            .attempt_code
+            .key(self.key("otp", email))
+            .arg(max_attempts)
+            .invoke_async(&mut connection)
+            .await?;
+        let int = |v: Option<&redis::Value>| -> Result<i64> {
+            redis::from_redis_value(v.ok_or_else(|| StoreError::Corrupt("short reply".into()))?)
+                .map_err(StoreError::from)
+        };
+        let string = |v: Option<&redis::Value>| -> Result<String> {
+            redis::from_redis_value(v.ok_or_else(|| StoreError::Corrupt("short reply".into()))?)
+                .map_err(StoreError::from)
+        };
+        match int(reply.first())? {
+            0 => Ok(CodeAttempt::Missing),
+            1 => Ok(CodeAttempt::Burned),
+            _ => {
+                let request_id = string(reply.get(2))?
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("otp request id".into()))?;
+                Ok(CodeAttempt::Check {
+                    record: CodeRecord {
+                        hash: string(reply.get(1))?,
+                        request_id,
+                        attempts: u32::try_from(int(reply.get(3))?).unwrap_or(u32::MAX),
+                    },
+                    remaining: from_pttl(int(reply.get(4))?),
+                })
+            }
+        }
+    }
+
+    async fn consume_code(&self, email: &str, hash: &str) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let deleted: i64 = self
+            .consume_code
+            .key(self.key("otp", email))
+            .arg(hash)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn start_cooldown(&self, key: &str, ttl: Duration) -> Result<Option<Duration>> {
+        let key = self.key("cooldown", key);
+        let mut connection = self.connection.clone();
+        let started: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut connection)
+            .await?;
+        if started.is_some() {
+            return Ok(None);
+        }
+        let pttl: i64 = connection.pttl(&key).await?;
+        Ok(Some(from_pttl(pttl)))
+    }
+
+    async fn end_cooldown(&self, key: &str) -> Result<()> {
+        let mut connection = self.connection.clone();
+        connection.del::<_, ()>(self.key("cooldown", key)).await?;
+        Ok(())
+    }
+
+    async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration)> {
+        let mut connection = self.connection.clone();
+        let (count, pttl): (u64, i64) = self
+            .hit
+            .key(self.key("rate", key))
+            .arg(millis(window))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok((count, from_pttl(pttl)))
+    }
+
+    async fn count(&self, key: &str) -> Result<(u64, Duration)> {
+        let key = self.key("rate", key);
+        let mut connection = self.connection.clone();
+        let (count, pttl): (Option<u64>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut connection)
+            .await?;
+        Ok((count.unwrap_or(0), from_pttl(pttl)))
+    }
+
+    async fn reset(&self, key: &str) -> Result<()> {
+        let mut connection = self.connection.clone();
+        connection.del::<_, ()>(self.key("rate", key)).await?;
+        Ok(())
+    }
+
+    async fn put_session(&self, jti: &str, session: &Session, ttl: Duration) -> Result<()> {
+        let json =
+            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut connection = self.connection.clone();
+        connection
+            .pset_ex::<_, _, ()>(self.key("session", jti), json, millis(ttl))
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, jti: &str) -> Result<Option<Session>> {
+        let mut connection = self.connection.clone();
+        let json: Option<String> = connection.get(self.key("session", jti)).await?;
+        json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn delete_session(&self, jti: &str) -> Result<()> {
+        let mut connection = self.connection.clone();
+        connection.del::<_, ()>(self.key("session", jti)).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
