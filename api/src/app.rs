@@ -69,13 +69,10 @@ impl App {
             Some(brokers) => distributed(&config, brokers, background.clone()).await?,
             None => embedded(&config).await?,
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    address: config.listen,
-                    source,
-                })?;
+        let address = config.listen();
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind { address, source })?;
         let state = AppState::new(Shared {
             store: backends.store,
             directory: backends.directory,

@@ -15,8 +15,9 @@ use secrecy::{ExposeSecret, SecretString};
 #[command(name = "broker-auth-api", version, about, long_about = None)]
 pub struct Config {
     /// Address the HTTP server binds (API, web UI, /healthz, /readyz, /metrics).
-    #[arg(long, env = "API_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Default 0.0.0.0:8080; 127.0.0.1:8080 in embedded mode, which is for one machine.
+    #[arg(long, env = "API_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// Kafka bootstrap servers (host:port,...). Unset: embedded mode.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -141,6 +142,16 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 impl Config {
     pub fn is_embedded(&self) -> bool {
         self.kafka_brokers.is_none()
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            if self.is_embedded() {
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 8080))
+            }
+        })
     }
 
     pub fn cookie_secure(&self) -> bool {

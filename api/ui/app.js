@@ -133,12 +133,24 @@ function fieldErrorElement(input) {
   return id ? document.getElementById(id) : null;
 }
 
+/**
+ * The API's field messages are predicates ("must be a valid email address"); with the field's label in front they
+ * read as a sentence, also when a screen reader announces the message on its own.
+ */
+function asSentence(input, message) {
+  const trimmed = message.trim();
+  if (!/^[a-z]/.test(trimmed)) return trimmed;
+  const label = input.labels && input.labels.length > 0 ? input.labels[0].textContent.trim() : '';
+  const sentence = label ? `${label} ${trimmed}` : trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
+}
+
 function setFieldError(input, message) {
   const slot = fieldErrorElement(input);
   if (message) {
     input.setAttribute('aria-invalid', 'true');
     if (slot) {
-      slot.textContent = message;
+      slot.textContent = asSentence(input, message);
       slot.hidden = false;
     }
   } else {
@@ -169,7 +181,7 @@ function withWaitHint(error) {
   if (error.status === 429 && error.retryAfterSeconds) {
     const seconds = error.retryAfterSeconds;
     const wait = seconds >= 120 ? `${Math.ceil(seconds / 60)} minutes` : `${seconds} second${seconds === 1 ? '' : 's'}`;
-    return `${error.message} You can try again in ${wait}.`;
+    return `${error.message} Wait time: ${wait}.`;
   }
   return error.message;
 }

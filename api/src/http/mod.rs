@@ -87,7 +87,7 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-store"),
         ));
 
-    Router::new()
+    let router = Router::new()
         .nest("/api/v1/auth", auth)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -112,8 +112,8 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
-        .layer(ui::security_headers())
-        .with_state(state)
+        .with_state(state);
+    ui::with_security_headers(router)
 }
 
 /// Per client IP and endpoint, a fixed one-minute window.

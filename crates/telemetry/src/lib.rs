@@ -92,5 +92,5 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     let context =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
-    let _ = span.set_parent(context);
+    span.set_parent(context);
 }

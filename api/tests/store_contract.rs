@@ -1,0 +1,237 @@
+//! One suite, both stores: the Redis store of deployments and the memory store of embedded mode
+//! must behave the same, so embedded mode never hides a bug the real one would show.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_auth_api::store::{
+    CodeAttempt, CodeRecord, EphemeralStore, MemoryStore, RedisStore, Session,
+};
+use broker_auth_contract::User;
+use broker_auth_testkit::services;
+use uuid::Uuid;
+
+async fn redis() -> Arc<dyn EphemeralStore> {
+    services::require_redis().await;
+    let prefix = services::unique_prefix("store");
+    Arc::new(
+        RedisStore::connect(&services::redis_url(), &prefix)
+            .await
+            .expect("connect to Redis"),
+    )
+}
+
+fn memory() -> Arc<dyn EphemeralStore> {
+    Arc::new(MemoryStore::new())
+}
+
+macro_rules! for_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod redis_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::redis().await).await })*
+        }
+        mod memory_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::memory()).await })*
+        }
+    };
+}
+
+for_both_stores!(
+    a_code_is_checked_then_consumed_exactly_once,
+    attempts_are_counted_and_the_code_burns_past_the_limit,
+    a_new_code_replaces_the_old_one_and_resets_attempts,
+    codes_expire,
+    concurrent_consumers_of_one_code_have_one_winner,
+    a_cooldown_blocks_until_it_ends,
+    window_counters_count_and_reset,
+    sessions_live_until_deleted_or_expired,
+);
+
+fn record(hash: &str) -> CodeRecord {
+    CodeRecord {
+        hash: hash.to_owned(),
+        request_id: Uuid::new_v4(),
+        attempts: 0,
+    }
+}
+
+fn email() -> String {
+    format!("{}@example.com", Uuid::new_v4())
+}
+
+async fn a_code_is_checked_then_consumed_exactly_once(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    let code = record("hash-1");
+    store
+        .put_code(&email, &code, Duration::from_secs(60))
+        .await
+        .unwrap();
+    match store.attempt_code(&email, 5).await.unwrap() {
+        CodeAttempt::Check { record, remaining } => {
+            assert_eq!(record.hash, "hash-1");
+            assert_eq!(record.request_id, code.request_id);
+            assert_eq!(record.attempts, 1);
+            assert!(remaining > Duration::from_secs(50) && remaining <= Duration::from_secs(60));
+        }
+        other => panic!("expected a code to check, got {other:?}"),
+    }
+    assert!(!store.consume_code(&email, "other-hash").await.unwrap());
+    assert!(store.consume_code(&email, "hash-1").await.unwrap());
+    assert!(!store.consume_code(&email, "hash-1").await.unwrap());
+    assert_eq!(
+        store.attempt_code(&email, 5).await.unwrap(),
+        CodeAttempt::Missing
+    );
+}
+
+async fn attempts_are_counted_and_the_code_burns_past_the_limit(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for attempt in 1..=5 {
+        match store.attempt_code(&email, 5).await.unwrap() {
+            CodeAttempt::Check { record, .. } => assert_eq!(record.attempts, attempt),
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.attempt_code(&email, 5).await.unwrap(),
+        CodeAttempt::Burned
+    );
+    assert_eq!(
+        store.attempt_code(&email, 5).await.unwrap(),
+        CodeAttempt::Missing
+    );
+}
+
+async fn a_new_code_replaces_the_old_one_and_resets_attempts(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.attempt_code(&email, 5).await.unwrap();
+    store
+        .put_code(&email, &record("new"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    match store.attempt_code(&email, 5).await.unwrap() {
+        CodeAttempt::Check { record, .. } => {
+            assert_eq!(record.hash, "new");
+            assert_eq!(record.attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn codes_expire(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_millis(50))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if store.attempt_code(&email, 100).await.unwrap() == CodeAttempt::Missing {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "code never expired");
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn concurrent_consumers_of_one_code_have_one_winner(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let racers = (0..16).map(|_| {
+        let (store, email) = (store.clone(), email.clone());
+        tokio::spawn(async move { store.consume_code(&email, "h").await.unwrap() })
+    });
+    let wins = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(|won| *won.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+}
+
+async fn a_cooldown_blocks_until_it_ends(store: Arc<dyn EphemeralStore>) {
+    let key = Uuid::new_v4().to_string();
+    assert_eq!(
+        store
+            .start_cooldown(&key, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    let left = store
+        .start_cooldown(&key, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a running cooldown");
+    assert!(left > Duration::from_secs(50));
+    store.end_cooldown(&key).await.unwrap();
+    assert_eq!(
+        store
+            .start_cooldown(&key, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn window_counters_count_and_reset(store: Arc<dyn EphemeralStore>) {
+    let key = Uuid::new_v4().to_string();
+    assert_eq!(store.count(&key).await.unwrap().0, 0);
+    for expected in 1..=3 {
+        let (count, left) = store.hit(&key, Duration::from_secs(900)).await.unwrap();
+        assert_eq!(count, expected);
+        assert!(left > Duration::from_secs(890));
+    }
+    assert_eq!(store.count(&key).await.unwrap().0, 3);
+    store.reset(&key).await.unwrap();
+    assert_eq!(store.count(&key).await.unwrap().0, 0);
+}
+
+async fn sessions_live_until_deleted_or_expired(store: Arc<dyn EphemeralStore>) {
+    let session = Session {
+        user: User {
+            id: Uuid::new_v4(),
+            email: email(),
+            name: "Ada".into(),
+        },
+    };
+    let (kept, deleted, expiring) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    for jti in [&kept, &deleted] {
+        store
+            .put_session(jti, &session, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    store
+        .put_session(&expiring, &session, Duration::from_millis(30))
+        .await
+        .unwrap();
+    store.delete_session(&deleted).await.unwrap();
+    assert_eq!(store.session(&kept).await.unwrap(), Some(session));
+    assert_eq!(store.session(&deleted).await.unwrap(), None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.session(&expiring).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never expired"
+        );
+        tokio::task::yield_now().await;
+    }
+}
