@@ -52,6 +52,13 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     background: CancellationToken,
+    snapshot: Option<Snapshot>,
+}
+
+/// Embedded mode's in-memory store and the file it is saved to at shutdown.
+struct Snapshot {
+    store: Arc<MemoryStore>,
+    path: PathBuf,
 }
 
 struct Backends {
@@ -59,6 +66,7 @@ struct Backends {
     directory: Directory,
     outbox: Arc<dyn MailOutbox>,
     secret: SecretString,
+    snapshot: Option<Snapshot>,
 }
 
 impl App {
@@ -96,6 +104,7 @@ impl App {
             listener,
             router: crate::http::router(state),
             background,
+            snapshot: backends.snapshot,
         };
         if config.is_embedded() {
             print_embedded_banner(&config, app.local_addr());
@@ -118,16 +127,24 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let background = self.background.clone();
-        let _stop_background = background.clone().drop_guard();
-        axum::serve(
+        let _stop_background = self.background.clone().drop_guard();
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(StartError::Serve)
+        .map_err(StartError::Serve);
+        if let Some(snapshot) = &self.snapshot {
+            match snapshot.store.save(&snapshot.path) {
+                Ok(()) => tracing::info!(path = %snapshot.path.display(), "sessions saved"),
+                Err(error) => {
+                    tracing::warn!(path = %snapshot.path.display(), %error, "could not save sessions")
+                }
+            }
+        }
+        served
     }
 }
 
@@ -169,6 +186,7 @@ async fn distributed(
         directory: Directory::new(Arc::new(transport)),
         outbox: Arc::new(outbox),
         secret,
+        snapshot: None,
     })
 }
 
@@ -189,15 +207,30 @@ async fn embedded(config: &Config) -> Result<Backends, StartError> {
         None => Arc::new(LogMailer),
     };
 
+    let database = config.database_url.expose_secret();
     let secret = match &config.jwt_secret {
         Some(secret) => secret.clone(),
-        None => embedded_secret(config.database_url.expose_secret())?,
+        None => embedded_secret(database)?,
+    };
+    // Sessions survive a restart along with the database; an in-memory database keeps nothing.
+    let (store, snapshot) = match database_file(database) {
+        Some(file) => {
+            let path = PathBuf::from(format!("{file}.sessions.json"));
+            let store = Arc::new(MemoryStore::load(&path));
+            let snapshot = Snapshot {
+                store: store.clone(),
+                path,
+            };
+            (store, Some(snapshot))
+        }
+        None => (Arc::new(MemoryStore::new()), None),
     };
     Ok(Backends {
-        store: Arc::new(MemoryStore::new()),
+        store,
         directory: Directory::new(Arc::new(InProcessTransport::new(directory))),
         outbox: Arc::new(InProcessOutbox::new(mailer)),
         secret,
+        snapshot,
     })
 }
 
@@ -214,8 +247,8 @@ fn is_in_memory(database: &str) -> bool {
     database.contains(":memory:") || database.contains("mode=memory")
 }
 
-/// Where the generated secret of a database file is kept: beside it.
-fn secret_path(database: &str) -> Option<PathBuf> {
+/// The file path of a SQLite database setting, or `None` for an in-memory database.
+fn database_file(database: &str) -> Option<&str> {
     if is_in_memory(database) {
         return None;
     }
@@ -223,8 +256,12 @@ fn secret_path(database: &str) -> Option<PathBuf> {
         .strip_prefix("sqlite://")
         .or_else(|| database.strip_prefix("sqlite:"))
         .unwrap_or(database);
-    let path = path.split('?').next().unwrap_or(path);
-    Some(PathBuf::from(format!("{path}.jwt-secret")))
+    Some(path.split('?').next().unwrap_or(path))
+}
+
+/// Where the generated secret of a database file is kept: beside it.
+fn secret_path(database: &str) -> Option<PathBuf> {
+    database_file(database).map(|file| PathBuf::from(format!("{file}.jwt-secret")))
 }
 
 /// Embedded mode without JWT_SECRET: a random secret kept beside the database (mode 0600), so
@@ -250,11 +287,11 @@ fn embedded_secret(database: &str) -> Result<SecretString, StartError> {
         Err(error) => return Err(io_error(error).into()),
     }
     let secret = generate();
-    write_private(&path, &secret).map_err(io_error)?;
+    write_private(&path, secret.as_bytes()).map_err(io_error)?;
     Ok(SecretString::from(secret))
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -263,7 +300,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)?.write_all(contents.as_bytes())
+    options.open(path)?.write_all(contents)
 }
 
 fn print_embedded_banner(config: &Config, address: SocketAddr) {

@@ -104,6 +104,13 @@ async fn attempts_are_counted_and_the_code_burns_past_the_limit(store: Arc<dyn E
     );
     assert_eq!(
         store.attempt_code(&email, 5).await.unwrap(),
+        CodeAttempt::Burned,
+        "a burned code stays burned"
+    );
+    // An attempt that was within the limit may still use it.
+    assert!(store.consume_code(&email, "h").await.unwrap());
+    assert_eq!(
+        store.attempt_code(&email, 5).await.unwrap(),
         CodeAttempt::Missing
     );
 }

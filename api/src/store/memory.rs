@@ -1,12 +1,14 @@
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum Value {
     Code(CodeRecord),
     Session(Session),
@@ -63,9 +65,62 @@ fn key(kind: &str, id: &str) -> String {
     format!("{kind}:{id}")
 }
 
+/// One entry of a snapshot file: the value and the time it had left.
+#[derive(Serialize, Deserialize)]
+struct SnapshotEntry {
+    key: String,
+    value: Value,
+    remaining_ms: u64,
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Loads a snapshot written by [`MemoryStore::save`], so sessions (and pending codes) survive
+    /// a restart of embedded mode. A missing file is an empty store; an unreadable one is
+    /// reported and ignored, since everything in it is short-lived.
+    pub fn load(path: &Path) -> Self {
+        let store = Self::new();
+        let entries: Vec<SnapshotEntry> = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unreadable session snapshot");
+                Vec::new()
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unreadable session snapshot");
+                Vec::new()
+            }
+        };
+        store.with(|map, now| {
+            for entry in entries {
+                let ttl = Duration::from_millis(entry.remaining_ms);
+                map.insert(entry.key, entry.value, ttl, now);
+            }
+        });
+        store
+    }
+
+    /// Writes the live entries with the time each has left (file mode 0600: it holds sessions).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let entries: Vec<SnapshotEntry> = self.with(|map, now| {
+            map.entries
+                .iter()
+                .filter(|(_, entry)| entry.expires > now)
+                .map(|(key, entry)| SnapshotEntry {
+                    key: key.clone(),
+                    value: entry.value.clone(),
+                    remaining_ms: u64::try_from(
+                        entry.expires.saturating_duration_since(now).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                })
+                .collect()
+        });
+        let json = serde_json::to_vec(&entries).map_err(std::io::Error::other)?;
+        crate::app::write_private(path, &json)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Map, Instant) -> T) -> T {
@@ -96,8 +151,8 @@ impl EphemeralStore for MemoryStore {
                 return CodeAttempt::Missing;
             };
             record.attempts = record.attempts.saturating_add(1);
+            // Burned, but kept until it expires, exactly like the Redis script.
             if record.attempts > max_attempts {
-                map.entries.remove(&key);
                 return CodeAttempt::Burned;
             }
             CodeAttempt::Check {

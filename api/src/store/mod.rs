@@ -27,7 +27,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What is kept for an issued code: never the code itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeRecord {
     /// Keyed hash of the code.
     pub hash: String,
@@ -43,7 +43,8 @@ pub struct CodeRecord {
 pub enum CodeAttempt {
     /// No code for this address (never sent, expired or consumed).
     Missing,
-    /// That attempt was one too many: the code is gone.
+    /// The attempt was past the limit: the code is burned and refuses every later attempt
+    /// until it expires or a new code replaces it.
     Burned,
     /// The attempt was counted; compare against `record.hash`.
     Check {
@@ -64,7 +65,8 @@ pub trait EphemeralStore: Send + Sync + 'static {
     async fn put_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<()>;
 
     /// Atomically counts an attempt, burning the code once attempts exceed `max_attempts`,
-    /// and returns the record to compare against.
+    /// and returns the record to compare against. An attempt within the limit that compared
+    /// correctly can still consume the code after later attempts burned it.
     async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt>;
 
     /// Deletes the code if it still has `hash`. Exactly one of several concurrent callers gets `true`.

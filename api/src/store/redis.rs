@@ -6,15 +6,14 @@ use redis::{AsyncCommands, Script};
 
 use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session, StoreError};
 
-/// Counts the attempt before anything is compared, burning the code past the limit.
+/// Counts the attempt before anything is compared. Past the limit the code is burned: every
+/// later attempt is refused until it expires or a new code replaces it. The key is not deleted,
+/// so an earlier attempt that was within the limit and correct can still consume it.
 const ATTEMPT_CODE: &str = r"
 local h = redis.call('HGET', KEYS[1], 'h')
 if not h then return {0} end
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-if n > tonumber(ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return {1}
-end
+if n > tonumber(ARGV[1]) then return {1} end
 return {2, h, redis.call('HGET', KEYS[1], 'rid'), n, redis.call('PTTL', KEYS[1])}
 ";
 

@@ -1,0 +1,9 @@
+//! Test support shared by the workspace's integration tests.
+//!
+//! Tests run against real services. When one is missing, the helpers here fail the test with a
+//! message saying what to start — they never skip.
+
+pub mod postgres;
+pub mod services;
+pub mod smtp;
+pub mod tcp_proxy;

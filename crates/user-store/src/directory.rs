@@ -1,0 +1,120 @@
+use std::sync::Arc;
+
+use broker_auth_contract::{
+    AuthenticationLookup, AuthenticationResult, DirectoryReply, DirectoryRequest, ExistenceCheck,
+    ExistenceResult, Reply, UserCreation,
+};
+use uuid::Uuid;
+
+use crate::validation::{self, Rejection, codes};
+use crate::{CreationOutcome, Result, UserRepository};
+
+/// The one handler of user-directory requests, whatever transport brought them.
+///
+/// It validates what arrives (a [`Reply::Rejected`] for anything malformed), answers from the
+/// repository, and makes user creation idempotent by request id. Errors are only what the
+/// database could not do; see [`crate::StoreError::is_transient`].
+#[derive(Clone)]
+pub struct UserDirectory {
+    repository: Arc<dyn UserRepository>,
+}
+
+impl std::fmt::Debug for UserDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserDirectory").finish_non_exhaustive()
+    }
+}
+
+impl UserDirectory {
+    pub fn new(repository: Arc<dyn UserRepository>) -> Self {
+        Self { repository }
+    }
+
+    pub fn repository(&self) -> &Arc<dyn UserRepository> {
+        &self.repository
+    }
+
+    /// Answers one request. `request_id` identifies the logical request; a redelivered
+    /// creation request with the same id gets the same reply.
+    pub async fn handle(
+        &self,
+        request_id: Uuid,
+        request: DirectoryRequest,
+    ) -> Result<DirectoryReply> {
+        let kind = request.kind();
+        let reply = match request {
+            DirectoryRequest::ExistenceCheck(check) => {
+                DirectoryReply::ExistenceCheck(self.check_existence(check).await?)
+            }
+            DirectoryRequest::UserCreation(creation) => {
+                DirectoryReply::UserCreation(self.create_user(request_id, creation).await?)
+            }
+            DirectoryRequest::Authentication(lookup) => {
+                DirectoryReply::Authentication(self.authenticate(lookup).await?)
+            }
+        };
+        if let Some(code) = rejection_code(&reply) {
+            tracing::info!(%request_id, kind = kind.label(), code, "directory request rejected");
+        }
+        Ok(reply)
+    }
+
+    async fn check_existence(&self, check: ExistenceCheck) -> Result<Reply<ExistenceResult>> {
+        if let Err(rejection) = validation::check_email(&check.email) {
+            return Ok(rejected(rejection));
+        }
+        let exists = self.repository.email_exists(&check.email).await?;
+        Ok(Reply::Ok {
+            result: ExistenceResult { exists },
+        })
+    }
+
+    async fn create_user(
+        &self,
+        request_id: Uuid,
+        creation: UserCreation,
+    ) -> Result<Reply<broker_auth_contract::UserCreationResult>> {
+        let checks = validation::check_email(&creation.email)
+            .and_then(|()| validation::check_name(&creation.name))
+            .and_then(|()| validation::check_password_hash(&creation.password_hash));
+        if let Err(rejection) = checks {
+            return Ok(rejected(rejection));
+        }
+        match self.repository.create_user(request_id, &creation).await? {
+            CreationOutcome::Handled(result) => Ok(Reply::Ok { result }),
+            CreationOutcome::RequestIdReused => Ok(rejected(Rejection {
+                code: codes::REQUEST_ID_REUSED,
+                message: "this request id was already used for another email",
+            })),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        lookup: AuthenticationLookup,
+    ) -> Result<Reply<AuthenticationResult>> {
+        if let Err(rejection) = validation::check_email(&lookup.email) {
+            return Ok(rejected(rejection));
+        }
+        let account = self.repository.find_credentials(&lookup.email).await?;
+        Ok(Reply::Ok {
+            result: AuthenticationResult { account },
+        })
+    }
+}
+
+fn rejected<T>(rejection: Rejection) -> Reply<T> {
+    Reply::Rejected {
+        code: rejection.code.to_owned(),
+        message: rejection.message.to_owned(),
+    }
+}
+
+fn rejection_code(reply: &DirectoryReply) -> Option<&str> {
+    match reply {
+        DirectoryReply::ExistenceCheck(Reply::Rejected { code, .. })
+        | DirectoryReply::UserCreation(Reply::Rejected { code, .. })
+        | DirectoryReply::Authentication(Reply::Rejected { code, .. }) => Some(code),
+        _ => None,
+    }
+}

@@ -1,0 +1,157 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_auth_contract::{Credentials, User, UserCreation, UserCreationResult};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::repository::{OUTCOME_ALREADY_EXISTS, OUTCOME_CREATED, RecordedCreation};
+use crate::{CreationOutcome, Result, StoreError, UserRepository};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How often a creation is retried when it lost a race on its request id (two deliveries of one
+/// request in flight at once); the retry reads the winner's recorded outcome.
+const CREATION_RACE_RETRIES: usize = 3;
+
+/// The users in Postgres: the distributed deployment's directory.
+#[derive(Debug, Clone)]
+pub struct PostgresUserRepository {
+    pool: PgPool,
+}
+
+impl PostgresUserRepository {
+    /// Connects a pool of at most `max_connections` to `url` (a `postgres://` URL).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn try_create_user(
+        &self,
+        request_id: Uuid,
+        user: &UserCreation,
+    ) -> Result<CreationOutcome> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(recorded) = recorded_creation(&mut tx, request_id).await? {
+            return recorded.into_outcome(&user.email);
+        }
+        // ON CONFLICT waits for a concurrent insert of the same email to finish and then does
+        // nothing: of concurrent creations of one email exactly one gets a row back.
+        let inserted: Option<(Uuid, String, String)> = sqlx::query_as(
+            "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (email) DO NOTHING RETURNING id, email, name",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (outcome, user_id, result) = match inserted {
+            Some((id, email, name)) => (
+                OUTCOME_CREATED,
+                Some(id),
+                UserCreationResult::Created {
+                    user: User { id, email, name },
+                },
+            ),
+            None => (
+                OUTCOME_ALREADY_EXISTS,
+                None,
+                UserCreationResult::AlreadyExists,
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO user_creation_requests (request_id, email, outcome, user_id) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(request_id)
+        .bind(&user.email)
+        .bind(outcome)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreationOutcome::Handled(result))
+    }
+}
+
+async fn recorded_creation(
+    tx: &mut Transaction<'_, Postgres>,
+    request_id: Uuid,
+) -> Result<Option<RecordedCreation>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedCreation>(
+        "SELECT r.email, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
+         FROM user_creation_requests r LEFT JOIN users u ON u.id = r.user_id \
+         WHERE r.request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+fn is_request_id_race(error: &StoreError) -> bool {
+    matches!(error, StoreError::Query(sqlx::Error::Database(e))
+        if e.is_unique_violation() && e.constraint() == Some("user_creation_requests_pkey"))
+}
+
+#[async_trait]
+impl UserRepository for PostgresUserRepository {
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn email_exists(&self, email: &str) -> Result<bool> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)")
+                .bind(email)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(exists)
+    }
+
+    async fn find_credentials(&self, email: &str) -> Result<Option<Credentials>> {
+        let row: Option<(Uuid, String, String, String)> =
+            sqlx::query_as("SELECT id, email, name, password_hash FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(id, email, name, password_hash)| Credentials {
+            user: User { id, email, name },
+            password_hash,
+        }))
+    }
+
+    async fn create_user(&self, request_id: Uuid, user: &UserCreation) -> Result<CreationOutcome> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_create_user(request_id, user).await {
+                Err(error) if is_request_id_race(&error) && attempt < CREATION_RACE_RETRIES => {
+                    tracing::debug!(%request_id, "lost a race on a creation request id; reading the recorded outcome");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}

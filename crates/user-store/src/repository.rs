@@ -1,0 +1,77 @@
+use async_trait::async_trait;
+use broker_auth_contract::{Credentials, UserCreation, UserCreationResult};
+use uuid::Uuid;
+
+use crate::Result;
+
+/// What a user-creation request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreationOutcome {
+    /// The request was handled, now or by an earlier delivery of the same request id; the
+    /// result is the one recorded then.
+    Handled(UserCreationResult),
+    /// The request id was already used by a request for another email: a client bug, never
+    /// answered with someone else's outcome.
+    RequestIdReused,
+}
+
+/// Where the users live. Emails given to it are already normalized and validated.
+#[async_trait]
+pub trait UserRepository: Send + Sync + 'static {
+    /// Applies the schema migrations that are not applied yet.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    async fn email_exists(&self, email: &str) -> Result<bool>;
+
+    /// The user with this email and their password hash, if there is one.
+    async fn find_credentials(&self, email: &str) -> Result<Option<Credentials>>;
+
+    /// Creates the user unless the email is taken, and records the outcome under `request_id`
+    /// in the same transaction. A request id seen before gets the recorded outcome back, so a
+    /// redelivered request is answered exactly as the first delivery was.
+    async fn create_user(&self, request_id: Uuid, user: &UserCreation) -> Result<CreationOutcome>;
+}
+
+/// The shape both backends read a recorded creation request into.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecordedCreation {
+    pub email: String,
+    pub outcome: String,
+    pub user_id: Option<Uuid>,
+    pub user_email: Option<String>,
+    pub user_name: Option<String>,
+}
+
+pub(crate) const OUTCOME_CREATED: &str = "created";
+pub(crate) const OUTCOME_ALREADY_EXISTS: &str = "already_exists";
+
+impl RecordedCreation {
+    /// The answer a redelivery of the recorded request gets when it asks for `email`.
+    pub(crate) fn into_outcome(self, email: &str) -> Result<CreationOutcome> {
+        use broker_auth_contract::User;
+
+        if self.email != email {
+            return Ok(CreationOutcome::RequestIdReused);
+        }
+        let result = match (
+            self.outcome.as_str(),
+            self.user_id,
+            self.user_email,
+            self.user_name,
+        ) {
+            (OUTCOME_CREATED, Some(id), Some(email), Some(name)) => UserCreationResult::Created {
+                user: User { id, email, name },
+            },
+            (OUTCOME_ALREADY_EXISTS, _, _, _) => UserCreationResult::AlreadyExists,
+            _ => {
+                return Err(crate::StoreError::Inconsistent(
+                    "a recorded user creation has no matching user",
+                ));
+            }
+        };
+        Ok(CreationOutcome::Handled(result))
+    }
+}

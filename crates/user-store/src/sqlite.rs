@@ -1,0 +1,158 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_auth_contract::{Credentials, User, UserCreation, UserCreationResult};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::repository::{OUTCOME_ALREADY_EXISTS, OUTCOME_CREATED, RecordedCreation};
+use crate::{CreationOutcome, Result, UserRepository};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The users in a SQLite database: embedded mode's directory.
+#[derive(Debug, Clone)]
+pub struct SqliteUserRepository {
+    pool: SqlitePool,
+}
+
+impl SqliteUserRepository {
+    /// Opens (creating if missing) the database at `url`: `sqlite://path/to/file.db`,
+    /// `sqlite:file.db` or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = if is_in_memory(url) {
+            // An in-memory database lives as long as a connection to it, and shared-cache
+            // connections lock whole tables; one connection that never expires avoids both.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(
+                    options
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal),
+                )
+                .await?
+        };
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+async fn recorded_creation(
+    tx: &mut Transaction<'_, Sqlite>,
+    request_id: Uuid,
+) -> Result<Option<RecordedCreation>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedCreation>(
+        "SELECT r.email, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
+         FROM user_creation_requests r LEFT JOIN users u ON u.id = r.user_id \
+         WHERE r.request_id = ?1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+#[async_trait]
+impl UserRepository for SqliteUserRepository {
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn email_exists(&self, email: &str) -> Result<bool> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)")
+                .bind(email)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(exists)
+    }
+
+    async fn find_credentials(&self, email: &str) -> Result<Option<Credentials>> {
+        let row: Option<(Uuid, String, String, String)> =
+            sqlx::query_as("SELECT id, email, name, password_hash FROM users WHERE email = ?1")
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(id, email, name, password_hash)| Credentials {
+            user: User { id, email, name },
+            password_hash,
+        }))
+    }
+
+    async fn create_user(&self, request_id: Uuid, user: &UserCreation) -> Result<CreationOutcome> {
+        // IMMEDIATE takes SQLite's single write lock before the first read, so concurrent
+        // creations run one after the other instead of failing to upgrade a read snapshot.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(recorded) = recorded_creation(&mut tx, request_id).await? {
+            return recorded.into_outcome(&user.email);
+        }
+        let inserted: Option<(Uuid, String, String)> = sqlx::query_as(
+            "INSERT INTO users (id, email, name, password_hash) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (email) DO NOTHING RETURNING id, email, name",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (outcome, user_id, result) = match inserted {
+            Some((id, email, name)) => (
+                OUTCOME_CREATED,
+                Some(id),
+                UserCreationResult::Created {
+                    user: User { id, email, name },
+                },
+            ),
+            None => (
+                OUTCOME_ALREADY_EXISTS,
+                None,
+                UserCreationResult::AlreadyExists,
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO user_creation_requests (request_id, email, outcome, user_id) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(request_id)
+        .bind(&user.email)
+        .bind(outcome)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreationOutcome::Handled(result))
+    }
+}

@@ -1,0 +1,308 @@
+//! The user-directory consumer: request in, reply out, offset committed after both.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker_auth_contract::{DirectoryReply, DirectoryRequest, RequestKind, Topics, headers};
+use broker_auth_kafka::header_str;
+use broker_auth_kafka::rdkafka::Message;
+use broker_auth_kafka::rdkafka::consumer::StreamConsumer;
+use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use broker_auth_user_store::UserDirectory;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::metrics::{DeadLetterLabels, KindLabels, Metrics, RequestLabels};
+use crate::records::{self, Interrupted, Outbox};
+
+/// The rejection code sent when the database failed in a way retrying will not fix.
+pub const INTERNAL_ERROR: &str = "internal_error";
+
+pub struct DirectoryWorker {
+    pub consumer: Arc<StreamConsumer>,
+    pub outbox: Outbox,
+    pub directory: UserDirectory,
+    pub topics: Topics,
+    pub metrics: Arc<Metrics>,
+    /// Backoff while the database is unavailable.
+    pub store_retry: Backoff,
+}
+
+/// Why a record cannot be answered and goes to the dead-letter topic instead.
+struct Undeliverable {
+    /// Short, fixed label for metrics and logs.
+    code: &'static str,
+    /// The full reason, for the `dead-letter-reason` header.
+    detail: String,
+}
+
+impl Undeliverable {
+    fn new(code: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            code,
+            detail: format!("{code}: {detail}"),
+        }
+    }
+}
+
+/// A decoded request with everything needed to answer it.
+struct Request {
+    kind: RequestKind,
+    request_id: Uuid,
+    body: DirectoryRequest,
+    correlation_id: String,
+    reply_to: String,
+    traceparent: Option<String>,
+}
+
+impl DirectoryWorker {
+    /// Consumes until `shutdown`; returns after the current record is done or abandoned.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut consecutive_errors = 0;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = self.consumer.recv() => received,
+            };
+            let message = match received {
+                Ok(message) => {
+                    consecutive_errors = 0;
+                    message
+                }
+                Err(error) => {
+                    // librdkafka reconnects by itself; pause so a broker outage is not a hot loop.
+                    consecutive_errors += 1;
+                    tracing::warn!(%error, "directory consumer error");
+                    if !self.store_retry.wait(consecutive_errors, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if self.process(&message, &shutdown).await.is_err() {
+                break;
+            }
+            records::commit(&self.consumer, &message);
+        }
+    }
+
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let request = match self.decode(message) {
+            Ok(request) => request,
+            Err(undeliverable) => {
+                let span = tracing::info_span!(
+                    "directory_dead_letter",
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                );
+                return self
+                    .dead_letter(message, undeliverable, shutdown)
+                    .instrument(span)
+                    .await;
+            }
+        };
+        let span = tracing::info_span!(
+            "directory_request",
+            kind = request.kind.label(),
+            partition = message.partition(),
+            offset = message.offset(),
+            correlation_id = %request.correlation_id,
+            request_id = %request.request_id,
+            outcome = tracing::field::Empty,
+        );
+        broker_auth_telemetry::set_remote_parent(&span, request.traceparent.as_deref());
+        self.answer(message, request, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    fn decode(&self, message: &BorrowedMessage<'_>) -> Result<Request, Undeliverable> {
+        let kind = self
+            .topics
+            .request_kind_of(message.topic())
+            .ok_or_else(|| {
+                Undeliverable::new(
+                    "unknown_topic",
+                    format!("{} is not a request topic", message.topic()),
+                )
+            })?;
+        let record_headers = message.headers();
+        let correlation_id =
+            header_str(record_headers, headers::CORRELATION_ID).ok_or_else(|| {
+                Undeliverable::new("missing_correlation_id", "no valid correlation-id header")
+            })?;
+        if Uuid::parse_str(correlation_id).is_err() {
+            return Err(Undeliverable::new(
+                "invalid_correlation_id",
+                "the correlation-id header is not a UUID",
+            ));
+        }
+        let reply_to = header_str(record_headers, headers::REPLY_TO)
+            .ok_or_else(|| Undeliverable::new("missing_reply_to", "no valid reply-to header"))?;
+        if !self
+            .topics
+            .reply_topics()
+            .iter()
+            .any(|topic| topic == reply_to)
+        {
+            return Err(Undeliverable::new(
+                "invalid_reply_to",
+                format!("{reply_to:?} is not a reply topic of this deployment"),
+            ));
+        }
+        let payload = message
+            .payload()
+            .ok_or_else(|| Undeliverable::new("empty_payload", "the record has no body"))?;
+        let envelope = DirectoryRequest::decode(kind, payload)
+            .map_err(|error| Undeliverable::new("undecodable", error))?;
+        Ok(Request {
+            kind,
+            request_id: envelope.request_id,
+            body: envelope.body,
+            correlation_id: correlation_id.to_owned(),
+            reply_to: reply_to.to_owned(),
+            traceparent: header_str(record_headers, headers::TRACEPARENT).map(str::to_owned),
+        })
+    }
+
+    async fn answer(
+        &self,
+        message: &BorrowedMessage<'_>,
+        request: Request,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let started = Instant::now();
+        let kind = request.kind;
+        let reply = self.handle_with_retry(&request, shutdown).await?;
+        let outcome = match &reply {
+            Some(reply) if is_rejected(reply) => "rejected",
+            Some(_) => "ok",
+            None => INTERNAL_ERROR,
+        };
+        tracing::Span::current().record("outcome", outcome);
+        let reply = reply.unwrap_or_else(|| {
+            DirectoryReply::rejected(
+                kind,
+                INTERNAL_ERROR,
+                "the user directory failed; try again later",
+            )
+        });
+
+        let mut reply_headers = OwnedHeaders::new().insert(Header {
+            key: headers::CORRELATION_ID,
+            value: Some(request.correlation_id.as_str()),
+        });
+        if let Some(traceparent) = &request.traceparent {
+            reply_headers = reply_headers.insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(traceparent.as_str()),
+            });
+        }
+        self.outbox
+            .send(
+                &request.reply_to,
+                message.key(),
+                &reply.encode(request.request_id),
+                reply_headers,
+                shutdown,
+            )
+            .await?;
+
+        self.metrics
+            .requests_handled
+            .get_or_create(&RequestLabels {
+                kind: kind.label(),
+                outcome,
+            })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "answered");
+        Ok(())
+    }
+
+    /// The directory's reply; retried while the database is unavailable. `None` when it
+    /// failed permanently.
+    async fn handle_with_retry(
+        &self,
+        request: &Request,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<DirectoryReply>, Interrupted> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let handled = tokio::select! {
+                () = shutdown.cancelled() => return Err(Interrupted),
+                handled = self.directory.handle(request.request_id, request.body.clone()) => handled,
+            };
+            match handled {
+                Ok(reply) => return Ok(Some(reply)),
+                Err(error) if error.is_transient() => {
+                    self.metrics.store_retries.inc();
+                    let delay = self.store_retry.delay(attempt);
+                    tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "user database unavailable; retrying the request");
+                    if !self.store_retry.wait(attempt, shutdown).await {
+                        return Err(Interrupted);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "user directory failed permanently; answering internal_error");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        undeliverable: Undeliverable,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            reason = undeliverable.code,
+            "dead-lettering a request record"
+        );
+        self.outbox
+            .dead_letter(
+                &self.topics.dead_letter(),
+                message,
+                &undeliverable.detail,
+                shutdown,
+            )
+            .await?;
+        self.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                consumer: "directory",
+                reason: undeliverable.code,
+            })
+            .inc();
+        Ok(())
+    }
+}
+
+fn is_rejected(reply: &DirectoryReply) -> bool {
+    use broker_auth_contract::Reply;
+    matches!(
+        reply,
+        DirectoryReply::ExistenceCheck(Reply::Rejected { .. })
+            | DirectoryReply::UserCreation(Reply::Rejected { .. })
+            | DirectoryReply::Authentication(Reply::Rejected { .. })
+    )
+}
+
+/// Backoff while the database is unavailable: quick at first, then at most every 5 s.
+pub fn store_retry() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}

@@ -1,0 +1,170 @@
+//! The mail consumer: a mail request in, an SMTP delivery (or a dead letter) out.
+
+use std::sync::Arc;
+
+use broker_auth_contract::{Envelope, MailRequest, Topics, headers};
+use broker_auth_kafka::header_str;
+use broker_auth_kafka::rdkafka::Message;
+use broker_auth_kafka::rdkafka::consumer::StreamConsumer;
+use broker_auth_kafka::rdkafka::message::BorrowedMessage;
+use broker_auth_mail::Mailer;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::metrics::{DeadLetterLabels, MailFailureLabels, MailLabels, Metrics};
+use crate::records::{self, Interrupted, Outbox};
+
+pub struct MailWorker {
+    pub consumer: Arc<StreamConsumer>,
+    pub outbox: Outbox,
+    pub mailer: Arc<dyn Mailer>,
+    pub topics: Topics,
+    pub metrics: Arc<Metrics>,
+    pub max_attempts: u32,
+    pub retry: Backoff,
+}
+
+impl MailWorker {
+    /// Consumes until `shutdown`; a mail waiting between attempts is left uncommitted and
+    /// picked up again at the next start.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut consecutive_errors = 0;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = self.consumer.recv() => received,
+            };
+            let message = match received {
+                Ok(message) => {
+                    consecutive_errors = 0;
+                    message
+                }
+                Err(error) => {
+                    consecutive_errors += 1;
+                    tracing::warn!(%error, "mail consumer error");
+                    if !self.retry.wait(consecutive_errors, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let span = tracing::info_span!(
+                "mail",
+                partition = message.partition(),
+                offset = message.offset(),
+                template = tracing::field::Empty,
+                request_id = tracing::field::Empty,
+            );
+            let traceparent = header_str(message.headers(), headers::TRACEPARENT);
+            broker_auth_telemetry::set_remote_parent(&span, traceparent);
+            if self
+                .process(&message, &shutdown)
+                .instrument(span)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            records::commit(&self.consumer, &message);
+        }
+    }
+
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let decoded = message
+            .payload()
+            .ok_or_else(|| "empty_payload: the record has no body".to_owned())
+            .and_then(|payload| {
+                Envelope::<MailRequest>::from_json(payload)
+                    .map_err(|error| format!("undecodable: {error}"))
+            });
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                let code = if reason.starts_with("empty_payload") {
+                    "empty_payload"
+                } else {
+                    "undecodable"
+                };
+                return self.dead_letter(message, code, &reason, shutdown).await;
+            }
+        };
+        let mail = envelope.body;
+        let template = mail.template.name();
+        let span = tracing::Span::current();
+        span.record("template", template);
+        span.record("request_id", tracing::field::display(envelope.request_id));
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = tokio::select! {
+                () = shutdown.cancelled() => return Err(Interrupted),
+                sent = self.mailer.send(&mail) => sent,
+            };
+            let error = match sent {
+                Ok(()) => {
+                    self.metrics
+                        .mail_sent
+                        .get_or_create(&MailLabels { template })
+                        .inc();
+                    tracing::info!(attempt, "mail sent");
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            self.metrics
+                .mail_failed_attempts
+                .get_or_create(&MailFailureLabels {
+                    template,
+                    error: error.kind_label(),
+                })
+                .inc();
+            if !error.is_transient() {
+                tracing::warn!(%error, attempt, "mail refused permanently; dead-lettering it");
+                let reason = format!("smtp_permanent: {error}");
+                return self
+                    .dead_letter(message, "smtp_permanent", &reason, shutdown)
+                    .await;
+            }
+            if attempt >= self.max_attempts {
+                tracing::warn!(%error, attempt, "mail still failing after the last attempt; dead-lettering it");
+                let reason = format!("smtp_attempts_exhausted after {attempt} attempts: {error}");
+                return self
+                    .dead_letter(message, "smtp_attempts_exhausted", &reason, shutdown)
+                    .await;
+            }
+            let delay = self.retry.delay(attempt);
+            tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "mail not sent; retrying");
+            if !self.retry.wait(attempt, shutdown).await {
+                return Err(Interrupted);
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        code: &'static str,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(reason = code, "dead-lettering a mail record");
+        self.outbox
+            .dead_letter(&self.topics.dead_letter(), message, reason, shutdown)
+            .await?;
+        self.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                consumer: "mail",
+                reason: code,
+            })
+            .inc();
+        Ok(())
+    }
+}

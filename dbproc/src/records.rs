@@ -1,0 +1,133 @@
+//! Producing replies and dead letters until Kafka acknowledges them, and committing offsets.
+
+use std::time::Duration;
+
+use broker_auth_contract::headers;
+use broker_auth_kafka::rdkafka::Message;
+use broker_auth_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use broker_auth_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+/// Shutdown arrived before the work was done; the record stays uncommitted and is redelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+/// How long a record may wait in the producer's queue when it is full.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A producer that retries every record until Kafka acknowledges it (or shutdown): a reply or a
+/// dead letter that was never written must not let its request's offset be committed.
+#[derive(Clone)]
+pub struct Outbox {
+    producer: FutureProducer,
+    retry: Backoff,
+}
+
+impl Outbox {
+    pub fn new(producer: FutureProducer, retry: Backoff) -> Self {
+        Self { producer, retry }
+    }
+
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(payload)
+                .headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            let sent = tokio::select! {
+                () = shutdown.cancelled() => return Err(Interrupted),
+                sent = self.producer.send(record, QUEUE_TIMEOUT) => sent,
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => {
+                    tracing::warn!(%topic, %error, attempt, "kafka did not take a record; retrying");
+                    if !self.retry.wait(attempt, shutdown).await {
+                        return Err(Interrupted);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `message` to the dead-letter topic with its key, payload and headers, plus why
+    /// (`dead-letter-reason`) and where it came from (`dead-letter-source`).
+    pub async fn dead_letter(
+        &self,
+        dead_letter_topic: &str,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let source = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let headers = message
+            .headers()
+            .map(|h| h.detach())
+            .unwrap_or_default()
+            .insert(Header {
+                key: headers::DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: headers::DEAD_LETTER_SOURCE,
+                value: Some(&source),
+            });
+        self.send(
+            dead_letter_topic,
+            message.key(),
+            message.payload().unwrap_or_default(),
+            headers,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Marks `message` done: stores its offset and commits asynchronously. A failure here (e.g. the
+/// partition was just revoked) only means the record is redelivered, which is harmless because
+/// handling is idempotent.
+pub fn commit(consumer: &StreamConsumer, message: &BorrowedMessage<'_>) {
+    if let Err(error) = consumer
+        .store_offset_from_message(message)
+        .and_then(|()| consumer.commit_consumer_state(CommitMode::Async))
+    {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            %error,
+            "could not commit an offset; the record may be redelivered"
+        );
+    }
+}
+
+/// Commits what was stored, waits for it, and leaves the consumer group. Blocking; run it off
+/// the async runtime.
+pub fn close(consumer: std::sync::Arc<StreamConsumer>) {
+    // Nothing stored since the last commit is a normal outcome here.
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    consumer.unsubscribe();
+    // Dropping the last handle closes the consumer, which leaves the group at once so the
+    // partitions move to the remaining members without waiting for a session timeout. (When
+    // this is not the last handle, the last holder's drop does the same.)
+    drop(consumer);
+}

@@ -1,0 +1,440 @@
+//! dbproc end to end against Postgres, Kafka (tansu) and an SMTP capture.
+
+// Helpers here are test code too; clippy only recognises #[test] functions as such.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use broker_auth_contract::{RequestKind, headers};
+use serde_json::json;
+use support::{HASH, Harness, MailSettings, metric_value};
+use uuid::Uuid;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_every_kind_round_trip_through_kafka() {
+    let harness = Harness::start("roundtrip").await;
+    let mut replies = harness.reply_reader();
+
+    let unknown = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "ada@example.com"}),
+        )
+        .await;
+    let reply = replies.reply(&unknown).await;
+    assert_eq!(
+        reply.topic,
+        harness.topics.reply(RequestKind::ExistenceCheck)
+    );
+    assert_eq!(reply.key.as_deref(), Some(&b"ada@example.com"[..]));
+    assert_eq!(reply.header(headers::TRACEPARENT), Some(TRACEPARENT));
+    let body = reply.json();
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["result"]["exists"], false);
+
+    let creation_id = Uuid::new_v4();
+    let creation = harness
+        .request(
+            RequestKind::UserCreation,
+            creation_id,
+            json!({"email": "ada@example.com", "name": "Ada", "password_hash": HASH}),
+        )
+        .await;
+    let body = replies.reply(&creation).await.json();
+    assert_eq!(body["request_id"], creation_id.to_string());
+    assert_eq!(body["result"]["outcome"], "created");
+    let user_id = body["result"]["user"]["id"].as_str().unwrap().to_owned();
+
+    let known = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "ada@example.com"}),
+        )
+        .await;
+    assert_eq!(replies.reply(&known).await.json()["result"]["exists"], true);
+
+    let login = harness
+        .request(
+            RequestKind::Authentication,
+            Uuid::new_v4(),
+            json!({"email": "ada@example.com"}),
+        )
+        .await;
+    let body = replies.reply(&login).await.json();
+    assert_eq!(body["result"]["account"]["user"]["id"], user_id.as_str());
+    assert_eq!(body["result"]["account"]["password_hash"], HASH);
+
+    let invalid = harness
+        .request(
+            RequestKind::UserCreation,
+            Uuid::new_v4(),
+            json!({"email": "Not Normalized@x", "name": "A", "password_hash": HASH}),
+        )
+        .await;
+    let body = replies.reply(&invalid).await.json();
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["code"], "invalid_email");
+
+    harness
+        .poll_http("/healthz", Duration::from_secs(5), |status, _| {
+            status == 200
+        })
+        .await;
+    harness
+        .poll_http("/readyz", Duration::from_secs(30), |status, _| {
+            status == 200
+        })
+        .await;
+    let metrics = harness
+        .poll_http("/metrics", Duration::from_secs(5), |status, _| {
+            status == 200
+        })
+        .await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dbproc_directory_requests_handled_total{kind=\"existence_check\",outcome=\"ok\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dbproc_directory_requests_handled_total{kind=\"user_creation\",outcome=\"rejected\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("dbproc_directory_request_duration_seconds_bucket"));
+    assert!(!metrics.contains(HASH));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_creation_request_is_answered_identically() {
+    let harness = Harness::start("redelivery").await;
+    let mut replies = harness.reply_reader();
+    let request_id = Uuid::new_v4();
+    let body = json!({"email": "grace@example.com", "name": "Grace", "password_hash": HASH});
+
+    let first = harness
+        .request(RequestKind::UserCreation, request_id, body.clone())
+        .await;
+    let first = replies.reply(&first).await;
+    let again = harness
+        .request(RequestKind::UserCreation, request_id, body)
+        .await;
+    let again = replies.reply(&again).await;
+
+    assert_eq!(first.json()["result"]["outcome"], "created");
+    assert_eq!(again.payload, first.payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_the_messages_after_them_answered() {
+    let harness = Harness::start("poison").await;
+    let mut replies = harness.reply_reader();
+    let mut dead_letters = harness.dead_letter_reader();
+    let topic = harness.topics.request(RequestKind::ExistenceCheck);
+    let reply_to = harness.topics.reply(RequestKind::ExistenceCheck);
+    let key = "victim@example.com"; // one key, so one partition: the good request queues behind the poison
+    let good_body = br#"{"version":1,"request_id":"6f1c1d43-6b6c-4f0e-8b7e-1d1d7d8f4c11","email":"victim@example.com"}"#;
+
+    // (expected reason, payload, headers)
+    type Poison<'a> = (&'a str, &'a [u8], Vec<(&'a str, &'a str)>);
+    let poison: [Poison<'_>; 5] = [
+        (
+            "undecodable",
+            b"{not json",
+            vec![
+                (headers::CORRELATION_ID, "11111111-1111-1111-1111-111111111111"),
+                (headers::REPLY_TO, &reply_to),
+            ],
+        ),
+        (
+            "undecodable",
+            br#"{"version":99,"request_id":"6f1c1d43-6b6c-4f0e-8b7e-1d1d7d8f4c11","email":"a@b.c"}"#,
+            vec![
+                (headers::CORRELATION_ID, "22222222-2222-2222-2222-222222222222"),
+                (headers::REPLY_TO, &reply_to),
+            ],
+        ),
+        (
+            "missing_reply_to",
+            good_body,
+            vec![(headers::CORRELATION_ID, "33333333-3333-3333-3333-333333333333")],
+        ),
+        (
+            "invalid_reply_to",
+            good_body,
+            vec![
+                (headers::CORRELATION_ID, "44444444-4444-4444-4444-444444444444"),
+                (headers::REPLY_TO, "someone-elses-topic"),
+            ],
+        ),
+        (
+            "invalid_correlation_id",
+            good_body,
+            vec![
+                (headers::CORRELATION_ID, "not-a-uuid"),
+                (headers::REPLY_TO, &reply_to),
+            ],
+        ),
+    ];
+    for (_, payload, record_headers) in &poison {
+        harness.produce(&topic, key, payload, record_headers).await;
+    }
+    let good = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": key}),
+        )
+        .await;
+
+    assert_eq!(replies.reply(&good).await.json()["result"]["exists"], false);
+    for (reason, payload, _) in &poison {
+        let dead = dead_letters
+            .wait_for(
+                &format!("dead letter {reason}"),
+                Duration::from_secs(20),
+                |r| {
+                    r.payload == *payload
+                        && r.header(headers::DEAD_LETTER_REASON)
+                            .is_some_and(|found| found.starts_with(reason))
+                },
+            )
+            .await;
+        assert_eq!(dead.key.as_deref(), Some(key.as_bytes()));
+        let source = dead.header(headers::DEAD_LETTER_SOURCE).unwrap();
+        assert!(source.starts_with(&format!("{topic}/")), "{source}");
+    }
+    // The original headers travel with the dead letter.
+    assert!(
+        dead_letters
+            .seen()
+            .iter()
+            .any(|r| { r.header(headers::REPLY_TO) == Some("someone-elses-topic") })
+    );
+    // None of the poison got a reply.
+    assert!(
+        replies
+            .seen()
+            .iter()
+            .all(|r| r.header(headers::CORRELATION_ID) == Some(good.as_str()))
+    );
+
+    let dead_lettered = harness
+        .metric("dbproc_dead_lettered_total{consumer=\"directory\"")
+        .await;
+    assert_eq!(dead_lettered, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_while_dbproc_is_down_is_answered_after_it_restarts() {
+    let mut harness = Harness::start("restart").await;
+    let mut replies = harness.reply_reader();
+    let before = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "before@example.com"}),
+        )
+        .await;
+    replies.reply(&before).await;
+
+    let stopping = harness.stop_dbproc().await;
+    assert!(
+        stopping < Duration::from_secs(5),
+        "stopping took {stopping:?}"
+    );
+
+    let during = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "during@example.com"}),
+        )
+        .await;
+    harness.start_dbproc(MailSettings::default()).await;
+    replies.reply(&during).await;
+    // The request answered before the stop was committed, so it is not answered twice.
+    let answers_before = replies
+        .seen()
+        .iter()
+        .filter(|r| r.header(headers::CORRELATION_ID) == Some(before.as_str()))
+        .count();
+    assert_eq!(answers_before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_retried_while_the_database_is_unreachable_and_answered_after() {
+    let mut harness = Harness::start("db-down").await;
+    let mut replies = harness.reply_reader();
+    harness.database_proxy.cut().await;
+
+    let creation = harness
+        .request(
+            RequestKind::UserCreation,
+            Uuid::new_v4(),
+            json!({"email": "patient@example.com", "name": "Pat", "password_hash": HASH}),
+        )
+        .await;
+    harness
+        .poll_http("/metrics", Duration::from_secs(20), |_, body| {
+            metric_value(body, "dbproc_directory_store_retries_total") >= 1.0
+        })
+        .await;
+    harness
+        .poll_http("/readyz", Duration::from_secs(10), |status, body| {
+            status == 503 && body.contains("postgres: failing")
+        })
+        .await;
+    harness.database_proxy.restore().await.unwrap();
+
+    let body = replies.reply(&creation).await.json();
+    assert_eq!(body["result"]["outcome"], "created");
+    // Exactly one answer: the request was retried in place, not skipped and not duplicated.
+    assert_eq!(
+        replies
+            .seen()
+            .iter()
+            .filter(|r| r.header(headers::CORRELATION_ID) == Some(creation.as_str()))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_is_delivered_once_smtp_comes_back() {
+    let mut harness = Harness::start("smtp-down").await;
+    harness.smtp.stop().await;
+
+    harness
+        .mail(
+            "ada@example.com",
+            json!({"template": "signup_code", "code": "314159", "expires_in_minutes": 5}),
+        )
+        .await;
+    // Wait until the worker has actually failed against the stopped server.
+    harness
+        .poll_http("/metrics", Duration::from_secs(20), |_, body| {
+            metric_value(
+                body,
+                "dbproc_mail_failed_attempts_total{template=\"signup_code\",error=\"transient\"}",
+            ) >= 1.0
+        })
+        .await;
+    harness.smtp.restart().await.unwrap();
+
+    let mail = harness
+        .smtp
+        .wait_for(|m| m.is_to("ada@example.com"), Duration::from_secs(20))
+        .await
+        .expect("the mail arrives after SMTP is back");
+    assert!(mail.text().contains("314159"), "{}", mail.text());
+    assert_eq!(mail.from, "no-reply@example.com");
+    harness
+        .poll_http("/metrics", Duration::from_secs(5), |_, body| {
+            metric_value(body, "dbproc_mail_sent_total{template=\"signup_code\"}") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_refused_permanently_is_dead_lettered_at_once() {
+    let harness = Harness::start("smtp-550").await;
+    let mut dead_letters = harness.dead_letter_reader();
+    harness.smtp.reject_recipients_with(Some(550));
+
+    harness
+        .mail("gone@example.com", json!({"template": "account_exists"}))
+        .await;
+    let dead = dead_letters
+        .wait_for("dead-lettered mail", Duration::from_secs(20), |r| {
+            r.key.as_deref() == Some(&b"gone@example.com"[..])
+        })
+        .await;
+    let reason = dead.header(headers::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.starts_with("smtp_permanent"), "{reason}");
+    assert!(
+        dead.header(headers::DEAD_LETTER_SOURCE)
+            .unwrap()
+            .starts_with(&harness.topics.mail())
+    );
+    assert_eq!(dead.json()["to"], "gone@example.com");
+    assert_eq!(
+        harness.metric("dbproc_mail_failed_attempts_total").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_failing_transiently_is_dead_lettered_after_the_last_attempt() {
+    let settings = MailSettings {
+        max_attempts: 3,
+        retry_initial_ms: 10,
+        retry_max_ms: 50,
+    };
+    let harness = Harness::start_with("smtp-451", settings).await;
+    let mut dead_letters = harness.dead_letter_reader();
+    harness.smtp.reject_recipients_with(Some(451));
+
+    harness
+        .mail(
+            "later@example.com",
+            json!({"template": "signup_code", "code": "271828", "expires_in_minutes": 5}),
+        )
+        .await;
+    let dead = dead_letters
+        .wait_for("dead-lettered mail", Duration::from_secs(20), |r| {
+            r.key.as_deref() == Some(&b"later@example.com"[..])
+        })
+        .await;
+    let reason = dead.header(headers::DEAD_LETTER_REASON).unwrap();
+    assert!(
+        reason.starts_with("smtp_attempts_exhausted after 3 attempts"),
+        "{reason}"
+    );
+    assert_eq!(
+        harness
+            .metric(
+                "dbproc_mail_failed_attempts_total{template=\"signup_code\",error=\"transient\"}"
+            )
+            .await,
+        3.0
+    );
+    assert!(harness.smtp.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_mail_request_is_dead_lettered() {
+    let harness = Harness::start("mail-poison").await;
+    let mut dead_letters = harness.dead_letter_reader();
+    harness
+        .produce(&harness.topics.mail(), "x@example.com", b"[]", &[])
+        .await;
+    harness
+        .mail("next@example.com", json!({"template": "account_exists"}))
+        .await;
+
+    dead_letters
+        .wait_for("dead-lettered mail", Duration::from_secs(20), |r| {
+            r.payload == b"[]"
+                && r.header(headers::DEAD_LETTER_REASON)
+                    .is_some_and(|reason| reason.starts_with("undecodable"))
+        })
+        .await;
+    harness
+        .smtp
+        .wait_for(|m| m.is_to("next@example.com"), Duration::from_secs(20))
+        .await
+        .expect("the mail after the poison is still sent");
+}

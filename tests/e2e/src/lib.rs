@@ -1,0 +1,414 @@
+//! The end-to-end harness: starts the real API (and, in distributed mode, the real dbproc) in
+//! this process on port 0, each test with its own topics, Redis keys, database and SMTP capture.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use broker_auth_testkit::postgres::TestDatabase;
+use broker_auth_testkit::services;
+use broker_auth_testkit::smtp::{ReceivedMail, SmtpCapture};
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Which deployment shape a test runs against. The flow tests run against both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One process: SQLite, in-memory store, in-process directory.
+    Embedded,
+    /// API and dbproc over Kafka, with Redis and Postgres.
+    Distributed,
+}
+
+/// How long a test waits for something that should happen quickly.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The reply deadline the API gets in tests: short, so "dbproc is down" answers fast.
+pub const REPLY_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// One running API process-in-a-task.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningApi {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// One running dbproc.
+pub struct RunningDbproc {
+    pub metrics_addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningDbproc {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(PATIENCE, self.task).await;
+    }
+}
+
+/// Everything one test owns.
+pub struct TestEnv {
+    pub mode: Mode,
+    pub prefix: String,
+    pub smtp: SmtpCapture,
+    pub database: Option<TestDatabase>,
+    pub apis: Vec<RunningApi>,
+    pub dbproc: Option<RunningDbproc>,
+    embedded_db: String,
+    signup_cooldown_secs: u64,
+}
+
+impl TestEnv {
+    /// Starts the services of `mode` and one API, and waits until the API is ready. The signup
+    /// resend cooldown is off so tests can sign an address up twice; see [`TestEnv::start_with_cooldown`].
+    pub async fn start(mode: Mode) -> Self {
+        Self::start_with_cooldown(mode, 0).await
+    }
+
+    /// Embedded mode on a database file, so a restarted API finds its data again.
+    pub async fn start_embedded_with_database(path: &std::path::Path) -> Self {
+        let mut env = Self::bare(Mode::Embedded, 0).await;
+        env.embedded_db = path.to_string_lossy().into_owned();
+        let api = env.spawn_api().await;
+        env.apis.push(api);
+        env
+    }
+
+    /// Stops the first API instance and starts a new one with the same settings.
+    pub async fn restart_api(&mut self) {
+        let old = self.apis.remove(0);
+        old.stop().await;
+        let new = self.spawn_api().await;
+        self.apis.insert(0, new);
+    }
+
+    async fn bare(mode: Mode, signup_cooldown_secs: u64) -> Self {
+        Self {
+            mode,
+            prefix: services::unique_prefix("e2e"),
+            smtp: SmtpCapture::start().await.expect("start the SMTP capture"),
+            database: None,
+            apis: Vec::new(),
+            dbproc: None,
+            embedded_db: "sqlite::memory:".to_owned(),
+            signup_cooldown_secs,
+        }
+    }
+
+    pub async fn start_with_cooldown(mode: Mode, signup_cooldown_secs: u64) -> Self {
+        let mut env = Self::bare(mode, signup_cooldown_secs).await;
+        if mode == Mode::Distributed {
+            services::require_kafka().await;
+            services::require_redis().await;
+            env.database = Some(TestDatabase::create().await);
+            env.dbproc = Some(env.spawn_dbproc().await);
+        }
+        let api = env.spawn_api().await;
+        env.apis.push(api);
+        env
+    }
+
+    pub fn api(&self) -> &RunningApi {
+        &self.apis[0]
+    }
+
+    fn api_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "broker-auth-api",
+            "--listen",
+            "127.0.0.1:0",
+            "--bcrypt-cost",
+            "4",
+            "--cookie-secure",
+            "false",
+            "--smtp-url",
+            &self.smtp.url(),
+            "--mail-from",
+            "broker-auth <no-reply@broker.test>",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend([
+            "--signup-resend-cooldown-secs".to_owned(),
+            self.signup_cooldown_secs.to_string(),
+        ]);
+        let reply_timeout = REPLY_TIMEOUT.as_millis().to_string();
+        match self.mode {
+            Mode::Embedded => args.extend(
+                ["--database-url", &self.embedded_db]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            Mode::Distributed => args.extend(
+                [
+                    "--kafka-brokers",
+                    &services::kafka_brokers(),
+                    "--kafka-topic-prefix",
+                    &self.prefix,
+                    "--kafka-topic-partitions",
+                    "2",
+                    "--kafka-reply-timeout-ms",
+                    &reply_timeout,
+                    "--redis-url",
+                    &services::redis_url(),
+                    "--redis-key-prefix",
+                    &self.prefix,
+                    "--jwt-secret",
+                    "e2e-secret-e2e-secret-e2e-secret-e2e",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+        }
+        args
+    }
+
+    /// Starts another API instance with the same settings (same topics, same Redis keys).
+    pub async fn spawn_api(&self) -> RunningApi {
+        let config = broker_auth_api::Config::parse_from(self.api_args());
+        let app = broker_auth_api::App::build(config)
+            .await
+            .expect("the API starts");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                app.run_until_stopped(stop.cancelled_owned())
+                    .await
+                    .expect("the API runs");
+            }
+        });
+        let api = RunningApi { addr, stop, task };
+        wait_until_ok(&api.url("/readyz")).await;
+        api
+    }
+
+    /// Starts dbproc against this test's database, topics and SMTP capture, and waits until it
+    /// reports ready (consumers assigned).
+    pub async fn spawn_dbproc(&self) -> RunningDbproc {
+        let database = self
+            .database
+            .as_ref()
+            .expect("distributed mode has a database");
+        let args = [
+            "broker-auth-dbproc",
+            "serve",
+            "--kafka-brokers",
+            &services::kafka_brokers(),
+            "--kafka-topic-prefix",
+            &self.prefix,
+            "--kafka-topic-partitions",
+            "2",
+            "--kafka-fetch-wait-ms",
+            "10",
+            "--database-url",
+            database.url(),
+            "--smtp-url",
+            &self.smtp.url(),
+            "--mail-from",
+            "broker-auth <no-reply@broker.test>",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        let broker_auth_dbproc::Command::Serve(config) =
+            broker_auth_dbproc::Cli::try_parse_from(args)
+                .expect("dbproc settings")
+                .command
+        else {
+            panic!("`serve` parses as the serve command")
+        };
+        let app = broker_auth_dbproc::App::build(config)
+            .await
+            .expect("dbproc starts");
+        let metrics_addr = app.metrics_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                app.run(stop).await.expect("dbproc runs");
+            }
+        });
+        wait_until_ok(&format!("http://{metrics_addr}/readyz")).await;
+        RunningDbproc {
+            metrics_addr,
+            stop,
+            task,
+        }
+    }
+
+    /// A fresh address no other test uses.
+    pub fn new_email(&self) -> String {
+        format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+    }
+
+    /// Waits for the mail to `email` carrying a code and returns the code.
+    pub async fn code_for(&self, email: &str) -> String {
+        let mail = self
+            .mail_for(email, |mail| extract_code(&mail.text()).is_some())
+            .await;
+        extract_code(&mail.text()).expect("the mail has a code")
+    }
+
+    pub async fn mail_for(
+        &self,
+        email: &str,
+        predicate: impl Fn(&ReceivedMail) -> bool,
+    ) -> ReceivedMail {
+        self.smtp
+            .wait_for(|mail| mail.is_to(email) && predicate(mail), PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("no matching mail to {email} within {PATIENCE:?}"))
+    }
+
+    /// Signs up `email` and returns a logged-in client after verifying with the emailed code.
+    pub async fn register(&self, email: &str, password: &str) -> Client {
+        let client = Client::new(self.api());
+        let (status, _) = client.signup(email).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let code = self.code_for(email).await;
+        let (status, body) = client.verify(email, &code, password, "Test User").await;
+        assert_eq!(status, StatusCode::CREATED, "verify failed: {body}");
+        client
+    }
+}
+
+/// The six digits in a code mail.
+pub fn extract_code(text: &str) -> Option<String> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|word| word.len() == 6)
+        .map(str::to_owned)
+}
+
+/// Polls `url` until it answers 200, failing the test after [`PATIENCE`].
+pub async fn wait_until_ok(url: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let last = client.get(url).timeout(Duration::from_secs(2)).send().await;
+        match last {
+            Ok(response) if response.status() == StatusCode::OK => return,
+            last if Instant::now() > deadline => {
+                let detail = match last {
+                    Ok(response) => format!(
+                        "{}: {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    ),
+                    Err(error) => error.to_string(),
+                };
+                panic!("{url} was not OK within {PATIENCE:?}: {detail}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A browser-like HTTP client with its own cookie jar.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(api: &RunningApi) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(PATIENCE)
+                .build()
+                .expect("an HTTP client"),
+            base: api.url("/api/v1/auth"),
+        }
+    }
+
+    /// The same cookie jar, pointed at another API instance.
+    pub fn at(&self, api: &RunningApi) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: api.url("/api/v1/auth"),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("the API answers");
+        read(response).await
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub async fn signup(&self, email: &str) -> (StatusCode, Value) {
+        self.post("/signup", json!({ "email": email })).await
+    }
+
+    pub async fn verify(
+        &self,
+        email: &str,
+        otp: &str,
+        password: &str,
+        name: &str,
+    ) -> (StatusCode, Value) {
+        self.post(
+            "/verify",
+            json!({ "email": email, "otp": otp, "password": password, "name": name }),
+        )
+        .await
+    }
+
+    pub async fn signin(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.post("/signin", json!({ "email": email, "password": password }))
+            .await
+    }
+
+    pub async fn me(&self) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}/me", self.base))
+            .send()
+            .await
+            .expect("the API answers");
+        read(response).await
+    }
+
+    pub async fn logout(&self) -> StatusCode {
+        self.http
+            .post(format!("{}/logout", self.base))
+            .send()
+            .await
+            .expect("the API answers")
+            .status()
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}

@@ -1,0 +1,151 @@
+//! What only the distributed deployment has: several API instances on one Kafka, a worker tier
+//! that can stop, poison messages, and an SMTP server that can be down.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
+
+use std::time::{Duration, Instant};
+
+use broker_auth_contract::{RequestKind, Topics};
+use broker_auth_e2e::{Client, Mode, PATIENCE, REPLY_TIMEOUT, TestEnv};
+use broker_auth_kafka::KafkaSettings;
+use broker_auth_testkit::services;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use reqwest::StatusCode;
+
+const PASSWORD: &str = "correct horse battery";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_instances_on_one_kafka_each_get_their_own_replies() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let second = env.spawn_api().await;
+    env.apis.push(second);
+
+    // Interleave flows across both instances; every reply must reach the instance that asked.
+    let flows = (0..6).map(|i| {
+        let env = &env;
+        async move {
+            let api = &env.apis[i % 2];
+            let other = &env.apis[(i + 1) % 2];
+            let email = env.new_email();
+            let client = Client::new(api);
+            assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+            let code = env.code_for(&email).await;
+            // Verify on the other instance: codes and sessions live in shared Redis.
+            let client = client.at(other);
+            let (status, body) = client.verify(&email, &code, PASSWORD, "Twin").await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let client = client.at(api);
+            assert_eq!(client.me().await.0, StatusCode::OK);
+            assert_eq!(client.signin(&email, PASSWORD).await.0, StatusCode::OK);
+        }
+    });
+    futures::future::join_all(flows).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dbproc_stopped_requests_fail_fast_with_503_and_recover_when_it_returns() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+
+    env.dbproc.take().expect("dbproc runs").stop().await;
+    let started = Instant::now();
+    let response = client
+        .request(reqwest::Method::POST, "/signup")
+        .json(&serde_json::json!({ "email": email }))
+        .send()
+        .await
+        .expect("the API answers");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        elapsed < REPLY_TIMEOUT + Duration::from_secs(2),
+        "503 took {elapsed:?}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+
+    env.dbproc = Some(env.spawn_dbproc().await);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, _) = client.signup(&email).await;
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "signup never recovered: {status}"
+        );
+    }
+    let code = env.code_for(&email).await;
+    assert_eq!(
+        client.verify(&email, &code, PASSWORD, "Back").await.0,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_while_the_worker_keeps_serving() {
+    let env = TestEnv::start(Mode::Distributed).await;
+    let topics = Topics::new(env.prefix.clone()).expect("a valid prefix");
+    let settings = KafkaSettings::new(services::kafka_brokers());
+    let producer = settings.producer().expect("a producer");
+    producer
+        .send(
+            FutureRecord::to(&topics.request(RequestKind::UserCreation))
+                .key("poison@example.com")
+                .payload("{ this is not json"),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .expect("the poison record is produced");
+
+    // The worker keeps answering.
+    let email = env.new_email();
+    env.register(&email, PASSWORD).await;
+
+    // And the poison record is on the dead-letter topic, with its reason.
+    let consumer: StreamConsumer = settings
+        .group_consumer(&format!("{}dlq-reader", env.prefix))
+        .expect("a consumer");
+    consumer
+        .subscribe(&[&topics.dead_letter()])
+        .expect("subscribe");
+    let record = tokio::time::timeout(PATIENCE, consumer.recv())
+        .await
+        .expect("a dead letter within the deadline")
+        .expect("a record");
+    assert_eq!(record.payload(), Some(&b"{ this is not json"[..]));
+    assert!(
+        broker_auth_kafka::header_str(
+            rdkafka::message::Message::headers(&record),
+            broker_auth_contract::headers::DEAD_LETTER_REASON
+        )
+        .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_sent_while_smtp_is_down_is_delivered_after_it_returns() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    env.smtp.stop().await;
+
+    let started = Instant::now();
+    assert_eq!(
+        Client::new(env.api()).signup(&email).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert!(
+        started.elapsed() < REPLY_TIMEOUT,
+        "signup must not wait on SMTP"
+    );
+
+    env.smtp.restart().await.expect("the capture restarts");
+    let code = env.code_for(&email).await;
+    assert_eq!(code.len(), 6);
+}

@@ -1,0 +1,307 @@
+//! The five flows and their failure cases, run against embedded and distributed mode alike so
+//! the two can never drift.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
+
+use broker_auth_e2e::{Client, Mode, TestEnv, extract_code};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(broker_auth_e2e::Mode::Embedded).await })*
+        }
+        mod distributed {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(broker_auth_e2e::Mode::Distributed).await })*
+        }
+    };
+}
+
+in_both_modes!(
+    signup_verify_me_logout_signin_walks_the_whole_flow,
+    a_wrong_code_is_refused_and_the_right_one_still_works,
+    a_code_burns_after_five_wrong_attempts,
+    concurrent_verifies_of_one_code_create_exactly_one_user,
+    signup_answers_the_same_for_new_and_existing_addresses,
+    signin_gives_one_answer_for_unknown_users_and_wrong_passwords,
+    logout_revokes_only_its_own_session,
+    bad_input_gets_clear_errors_and_never_a_5xx,
+    repeated_failed_signins_are_rate_limited,
+    a_second_signup_within_the_cooldown_is_refused_with_retry_after,
+);
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn signup_verify_me_logout_signin_walks_the_whole_flow(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+
+    let (status, body) = client
+        .signup(&format!("  {}  ", email.to_uppercase()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let code = env.code_for(&email).await;
+
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"]["email"], email.as_str());
+    assert_eq!(body["user"]["name"], "Ada Lovelace");
+    let id = body["user"]["id"].clone();
+
+    // The session works at once.
+    let (status, body) = client.me().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["id"], id);
+
+    assert_eq!(client.logout().await, StatusCode::NO_CONTENT);
+    assert_eq!(client.me().await.0, StatusCode::UNAUTHORIZED);
+    // Idempotent.
+    assert_eq!(client.logout().await, StatusCode::NO_CONTENT);
+
+    let (status, body) = client.signin(&email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["id"], id);
+    let (status, body) = client.me().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user"]["email"], email.as_str());
+
+    // The code was consumed: it cannot create a second account.
+    let (status, _) = Client::new(env.api())
+        .verify(&email, &code, PASSWORD, "Again")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn a_wrong_code_is_refused_and_the_right_one_still_works(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+
+    let (status, body) = client.verify(&email, wrong, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_code");
+
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn a_code_burns_after_five_wrong_attempts(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+    let wrong = if code == "999999" { "999998" } else { "999999" };
+    for _ in 0..5 {
+        let (status, body) = client.verify(&email, wrong, PASSWORD, "Ada").await;
+        assert_eq!(body["error"]["code"], "invalid_code", "{status} {body}");
+    }
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a burned code must not work: {body}"
+    );
+    assert_eq!(body["error"]["code"], "invalid_code");
+}
+
+async fn concurrent_verifies_of_one_code_create_exactly_one_user(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    assert_eq!(
+        Client::new(env.api()).signup(&email).await.0,
+        StatusCode::ACCEPTED
+    );
+    let code = env.code_for(&email).await;
+    let racers = (0..8).map(|i| {
+        let client = Client::new(env.api());
+        let (email, code) = (email.clone(), code.clone());
+        async move {
+            client
+                .verify(&email, &code, PASSWORD, &format!("Racer {i}"))
+                .await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    let created: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|(status, _)| *status != StatusCode::CREATED)
+            .all(|(status, body)| *status == StatusCode::BAD_REQUEST
+                && body["error"]["code"] == "invalid_code"),
+        "{results:?}"
+    );
+    // Exactly one account: signing in gives the winner's user.
+    let (status, body) = Client::new(env.api()).signin(&email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user"]["id"], created[0].1["user"]["id"]);
+}
+
+async fn signup_answers_the_same_for_new_and_existing_addresses(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let existing = env.new_email();
+    env.register(&existing, PASSWORD).await;
+    let new = env.new_email();
+
+    let existing_answer = Client::new(env.api()).signup(&existing).await;
+    let new_answer = Client::new(env.api()).signup(&new).await;
+    assert_eq!(existing_answer.0, StatusCode::ACCEPTED);
+    assert_eq!(existing_answer, new_answer);
+
+    // The owner of the existing account is told so by mail, without a code.
+    let notice = env
+        .mail_for(&existing, |mail| extract_code(&mail.text()).is_none())
+        .await;
+    assert!(
+        notice.text().to_lowercase().contains("already"),
+        "{}",
+        notice.text()
+    );
+    env.code_for(&new).await;
+}
+
+async fn signin_gives_one_answer_for_unknown_users_and_wrong_passwords(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    env.register(&email, PASSWORD).await;
+    let client = Client::new(env.api());
+    let wrong_password = client.signin(&email, "not the password").await;
+    let unknown_user = client.signin(&env.new_email(), PASSWORD).await;
+    assert_eq!(wrong_password.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong_password, unknown_user);
+    assert_eq!(client.me().await.0, StatusCode::UNAUTHORIZED);
+}
+
+async fn logout_revokes_only_its_own_session(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let first = env.register(&email, PASSWORD).await;
+    let second = Client::new(env.api());
+    assert_eq!(second.signin(&email, PASSWORD).await.0, StatusCode::OK);
+
+    assert_eq!(first.logout().await, StatusCode::NO_CONTENT);
+    assert_eq!(first.me().await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(second.me().await.0, StatusCode::OK);
+}
+
+async fn bad_input_gets_clear_errors_and_never_a_5xx(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let client = Client::new(env.api());
+
+    let (status, body) = client.signup("not-an-email").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert!(body["error"]["fields"]["email"].is_string());
+
+    let (status, body) = client
+        .post(
+            "/verify",
+            json!({ "email": "a@example.com", "otp": "12", "password": "short" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for field in ["otp", "password", "name"] {
+        assert!(
+            body["error"]["fields"][field].is_string(),
+            "{field}: {body}"
+        );
+    }
+
+    let send = |builder: reqwest::RequestBuilder| async move {
+        broker_auth_e2e::read(builder.send().await.expect("the API answers")).await
+    };
+    let (status, body) = send(
+        client
+            .request(Method::POST, "/signup")
+            .header("content-type", "application/json")
+            .body("{\"email\":"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "malformed_json");
+
+    let (status, body) = send(
+        client
+            .request(Method::POST, "/signup")
+            .header("content-type", "application/json")
+            .body(format!("{{\"email\":\"{}\"}}", "a".repeat(70 * 1024))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    let (status, _) = send(client.request(Method::POST, "/signin").body("email=a")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (status, _) = send(
+        client
+            .request(Method::GET, "/me")
+            .header("authorization", "Bearer not.a.jwt"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _) = client
+        .post("/signin", json!({ "email": ["x"], "password": 7 }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn repeated_failed_signins_are_rate_limited(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    env.register(&email, PASSWORD).await;
+    let client = Client::new(env.api());
+    for _ in 0..10 {
+        assert_eq!(
+            client.signin(&email, "wrong password").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let response = client
+        .request(Method::POST, "/signin")
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0 && retry_after <= 900);
+}
+
+async fn a_second_signup_within_the_cooldown_is_refused_with_retry_after(mode: Mode) {
+    let env = TestEnv::start_with_cooldown(mode, 60).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let response = client
+        .request(Method::POST, "/signup")
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    // The first code still works.
+    let code = env.code_for(&email).await;
+    assert_eq!(
+        client.verify(&email, &code, PASSWORD, "Ada").await.0,
+        StatusCode::CREATED
+    );
+}
