@@ -1,0 +1,361 @@
+//! The `BrokerAuth` custom resource: what a user asks for (spec) and what the operator reports
+//! back (status). `k8s/crd.yaml` is generated from these types (`broker-auth-operator crd`).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Registry host (optional port) and path, lower case, as OCI references allow.
+pub const IMAGE_REPOSITORY_PATTERN: &str =
+    r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$";
+/// An OCI tag.
+pub const IMAGE_TAG_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$";
+/// A Kubernetes object name (DNS-1123 subdomain).
+pub const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A Secret data key.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// A broker-auth installation: the API tier, the dbproc worker tier, their autoscalers and
+/// their Kafka topics.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "auth.cfdbroker.io",
+    version = "v1alpha1",
+    kind = "BrokerAuth",
+    plural = "brokerauths",
+    shortname = "ba",
+    namespaced,
+    status = "BrokerAuthStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"API","type":"integer","description":"ready api replicas","jsonPath":".status.api.readyReplicas"}"#,
+    printcolumn = r#"{"name":"DBProc","type":"integer","description":"ready dbproc replicas","jsonPath":".status.dbproc.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","description":"dbproc consumer lag","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerAuthSpec {
+    pub image: ImageSpec,
+    pub kafka: KafkaSpec,
+    /// Secrets holding the connection strings and the JWT key. Only references live here.
+    pub secrets: SecretRefs,
+    #[serde(default)]
+    pub api: ApiSpec,
+    #[serde(default)]
+    pub dbproc: DbprocSpec,
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+    #[serde(default)]
+    pub observability: ObservabilitySpec,
+}
+
+/// Images are `{repository}-api:{tag}` and `{repository}-dbproc:{tag}`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Repository prefix; the tiers append `-api` and `-dbproc`.
+    #[serde(default = "default_repository")]
+    #[schemars(pattern(IMAGE_REPOSITORY_PATTERN), length(max = 255))]
+    pub repository: String,
+    /// Tag shared by both images (the release version).
+    #[schemars(pattern(IMAGE_TAG_PATTERN))]
+    pub tag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+    /// Names of docker-registry Secrets in the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<String>,
+}
+
+fn default_repository() -> String {
+    "ghcr.io/cfdbroker/broker-auth".to_owned()
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// `host:port[,host:port…]` of the Kafka cluster.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Partitions of topics the operator creates. Request topics get at least
+    /// `dbproc.maxReplicas` partitions, since more consumers than partitions sit idle.
+    #[serde(default = "default_topic_partitions")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub topic_partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i32,
+    /// Delete this installation's topics when the BrokerAuth is deleted (off by default:
+    /// the topics may hold requests still in flight).
+    #[serde(default)]
+    pub delete_topics_on_delete: bool,
+}
+
+fn default_topic_partitions() -> i32 {
+    12
+}
+
+fn default_replication_factor() -> i32 {
+    1
+}
+
+/// The Secrets the tiers read. Each names a Secret in the BrokerAuth's namespace and a key in it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRefs {
+    /// `DATABASE_URL` of dbproc (PostgreSQL URL).
+    pub database_url: SecretKeyRef,
+    /// `REDIS_URL` of the api.
+    pub redis_url: SecretKeyRef,
+    /// `SMTP_URL` of dbproc's mailer (lettre URL).
+    pub smtp_url: SecretKeyRef,
+    /// `JWT_SECRET` of the api.
+    pub jwt_secret: SecretKeyRef,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretKeyRef {
+    #[schemars(pattern(OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(pattern(SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The HTTP tier, scaled on CPU.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("api.minReplicas must not exceed api.maxReplicas"))]
+pub struct ApiSpec {
+    #[serde(default = "default_api_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[serde(default = "default_api_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilization (percent of requests) the HPA aims for.
+    #[serde(default = "default_cpu_utilization")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// Defaults to requests of 100m CPU and 128Mi memory, and a 256Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Mark the session cookie `Secure` (turn off only for plain-HTTP development).
+    #[serde(default = "yes")]
+    pub cookie_secure: bool,
+    #[serde(default = "default_bcrypt_cost")]
+    #[schemars(range(min = 4, max = 31))]
+    pub bcrypt_cost: i32,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: default_api_min_replicas(),
+            max_replicas: default_api_max_replicas(),
+            target_cpu_utilization: default_cpu_utilization(),
+            resources: None,
+            cookie_secure: true,
+            bcrypt_cost: default_bcrypt_cost(),
+        }
+    }
+}
+
+fn default_api_min_replicas() -> i32 {
+    2
+}
+fn default_api_max_replicas() -> i32 {
+    6
+}
+fn default_cpu_utilization() -> i32 {
+    70
+}
+fn default_bcrypt_cost() -> i32 {
+    12
+}
+fn yes() -> bool {
+    true
+}
+
+/// The Kafka worker tier, scaled on the consumer lag of its request topics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("dbproc.minReplicas must not exceed dbproc.maxReplicas"))]
+pub struct DbprocSpec {
+    #[serde(default = "default_dbproc_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[serde(default = "default_dbproc_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Queued requests one replica is expected to absorb: the HPA's `AverageValue` target.
+    #[serde(default = "default_lag_per_replica")]
+    #[schemars(range(min = 1))]
+    pub lag_per_replica: i64,
+    /// Defaults to requests of 100m CPU and 128Mi memory, and a 256Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// `MAIL_FROM` of the mailer, e.g. `Broker <no-reply@example.com>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_from: Option<String>,
+}
+
+impl Default for DbprocSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: default_dbproc_min_replicas(),
+            max_replicas: default_dbproc_max_replicas(),
+            lag_per_replica: default_lag_per_replica(),
+            resources: None,
+            mail_from: None,
+        }
+    }
+}
+
+fn default_dbproc_min_replicas() -> i32 {
+    1
+}
+fn default_dbproc_max_replicas() -> i32 {
+    6
+}
+fn default_lag_per_replica() -> i64 {
+    50
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Who feeds dbproc's lag to the autoscaler.
+    #[serde(default)]
+    pub provider: LagMetricsProvider,
+    /// How a partition the dbproc group has never committed on counts.
+    #[serde(default)]
+    pub uncommitted_partitions: UncommittedPartitionPolicy,
+    /// Cap the reported lag at partitions × lagPerReplica, so the HPA never asks for more
+    /// consumers than there are partitions (KEDA's default; turn off to allow idle consumers).
+    #[serde(default = "yes")]
+    pub cap_lag_at_partitions: bool,
+}
+
+/// Only one provider of `external.metrics.k8s.io` fits in a cluster.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LagMetricsProvider {
+    /// The operator serves the lag through the external metrics API and owns an HPA.
+    #[default]
+    Operator,
+    /// The cluster runs KEDA: the operator owns a KEDA `ScaledObject` instead of the HPA.
+    Keda,
+}
+
+/// Lag of a partition without a committed offset for the group.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UncommittedPartitionPolicy {
+    /// Every retained record counts (latest − log start): dbproc starts from the earliest
+    /// offset (`auto.offset.reset=earliest`), so that is the work waiting for it.
+    #[default]
+    Earliest,
+    /// Nothing counts, as with `auto.offset.reset=latest`.
+    Latest,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservabilitySpec {
+    /// `RUST_LOG` of both tiers.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1))]
+    pub log_level: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` of both tiers; tracing export is off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObservabilitySpec {
+    fn default() -> Self {
+        Self {
+            log_level: default_log_level(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// What the operator last saw and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerAuthStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling` and `Stalled`, keyed by type.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub api: TierStatus,
+    #[serde(default)]
+    pub dbproc: TierStatus,
+    /// dbproc's consumer lag over its request topics at the last reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Topic prefix and consumer group the installation uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStatus {
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD as YAML, exactly what `k8s/crd.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    let crd = BrokerAuth::crd();
+    let body = serde_saphyr::to_string(&crd)?;
+    Ok(format!(
+        "# Generated by `cargo run -p broker-auth-operator -- crd > k8s/crd.yaml`; do not edit.\n{body}"
+    ))
+}

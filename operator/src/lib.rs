@@ -1,0 +1,17 @@
+//! The BrokerAuth operator: reconciles a `BrokerAuth` into the api and dbproc tiers, keeps their
+//! Kafka topics, and serves dbproc's consumer lag to the HPA through the external metrics API.
+
+pub mod app;
+pub mod config;
+pub mod crd;
+pub mod error;
+pub mod external_metrics;
+pub mod kafka;
+pub mod lag;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod resources;
+pub mod tls;
+
+pub use error::{Error, Result};

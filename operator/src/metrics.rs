@@ -1,0 +1,84 @@
+//! Prometheus metrics of the operator itself.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    pub reconciles: Counter,
+    pub failures: Family<FailureLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub dbproc_lag: Family<InstanceLabels, Gauge>,
+    pub registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("broker_auth_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let dbproc_lag = Family::<InstanceLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "dbproc_lag",
+            "dbproc consumer lag measured at the last reconcile",
+            dbproc_lag.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            reconcile_duration,
+            dbproc_lag,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_failure(&self, reason: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn observe_duration(&self, elapsed: Duration) {
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,593 @@
+//! Reconcile: BrokerAuth → ConfigMap, Deployments, Services, HPAs (or a KEDA ScaledObject),
+//! PodDisruptionBudgets and Kafka topics, then status and events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker_auth_contract::Topics;
+use broker_auth_kafka::KafkaSettings;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, field, info_span, warn};
+
+use crate::crd::{BrokerAuth, BrokerAuthStatus, Condition, TierStatus};
+use crate::error::{Error, Result};
+use crate::kafka::{KafkaAdmin, TopicReport};
+use crate::metrics::{InstanceLabels, Metrics};
+use crate::resources::{self, MANAGER, MAX_NAME_LEN, Tier};
+
+pub const FINALIZER: &str = "auth.cfdbroker.io/cleanup";
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const PARTITIONS_SUFFICIENT: &str = "PartitionsSufficient";
+
+/// What reconcile needs: the API client, Kafka, an event recorder and metrics.
+pub struct Context {
+    pub client: Client,
+    pub kafka: Arc<dyn KafkaAdmin>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The entry point the controller calls.
+pub async fn reconcile(ba: Arc<BrokerAuth>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        namespace = field::Empty,
+        name = %ba.name_any(),
+        generation = ba.metadata.generation.unwrap_or_default(),
+    );
+    async move {
+        let started = Instant::now();
+        ctx.metrics.reconciles.inc();
+        let namespace = ba.namespace().ok_or(Error::MissingNamespace)?;
+        tracing::Span::current().record("namespace", namespace.as_str());
+        let api: Api<BrokerAuth> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, FINALIZER, ba, |event| async {
+            match event {
+                FinalizerEvent::Apply(ba) => apply(&ba, &namespace, &ctx).await,
+                FinalizerEvent::Cleanup(ba) => cleanup(&ba, &namespace, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        ctx.metrics.observe_duration(started.elapsed());
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Retries a failed reconcile after a pause; failures are counted by reason.
+pub fn error_policy(ba: Arc<BrokerAuth>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %ba.name_any(), %error, "reconcile failed");
+    ctx.metrics.record_failure(error.metric_label());
+    Action::requeue(Duration::from_secs(30))
+}
+
+/// Problems the schema cannot catch (or that a cluster without CEL let through).
+pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name = ba.name_any();
+    let spec = &ba.spec;
+    if name.len() > MAX_NAME_LEN {
+        problems.push(format!(
+            "metadata.name is {} characters; at most {MAX_NAME_LEN} fit the derived object names",
+            name.len()
+        ));
+    }
+    if let Err(error) = Topics::for_deployment(namespace, &name) {
+        problems.push(error.to_string());
+    }
+    for (tier, min, max) in [
+        ("api", spec.api.min_replicas, spec.api.max_replicas),
+        ("dbproc", spec.dbproc.min_replicas, spec.dbproc.max_replicas),
+    ] {
+        if min < 1 {
+            problems.push(format!("{tier}.minReplicas must be at least 1"));
+        }
+        if min > max {
+            problems.push(format!(
+                "{tier}.minReplicas ({min}) must not exceed {tier}.maxReplicas ({max})"
+            ));
+        }
+    }
+    if spec.dbproc.lag_per_replica < 1 {
+        problems.push("dbproc.lagPerReplica must be at least 1".into());
+    }
+    // The CPU HPA computes utilization against the request; without one it never scales.
+    if let Some(resources) = &spec.api.resources
+        && !resources
+            .requests
+            .as_ref()
+            .is_some_and(|requests| requests.contains_key("cpu"))
+    {
+        problems.push(
+            "api.resources.requests.cpu is required: the api HPA scales on CPU utilization".into(),
+        );
+    }
+    problems
+}
+
+fn kafka_settings(ba: &BrokerAuth) -> KafkaSettings {
+    let mut settings = KafkaSettings::new(ba.spec.kafka.bootstrap_servers.clone());
+    settings.topic_partitions = resources::topic_partitions(&ba.spec);
+    settings.replication_factor = ba.spec.kafka.replication_factor;
+    settings
+}
+
+/// Outcome of one pass, turned into status.
+struct Observed {
+    stalled: Option<(String, String)>,
+    kafka_problem: Option<String>,
+    topics: Option<TopicReport>,
+    api: TierStatus,
+    dbproc: TierStatus,
+    rolling_out: bool,
+    lag: Option<i64>,
+}
+
+async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action> {
+    let name = ba.name_any();
+    let mut observed = Observed {
+        stalled: None,
+        kafka_problem: None,
+        topics: None,
+        api: TierStatus::default(),
+        dbproc: TierStatus::default(),
+        rolling_out: false,
+        lag: None,
+    };
+
+    let problems = spec_problems(ba, namespace);
+    if !problems.is_empty() {
+        observed.stalled = Some(("InvalidSpec".into(), problems.join("; ")));
+        update_status(ba, namespace, ctx, &observed, None).await?;
+        // Nothing to retry: a spec change triggers the next reconcile.
+        return Ok(Action::await_change());
+    }
+    let topics = Topics::for_deployment(namespace, &name)?;
+
+    let (secret_versions, missing) = secret_versions(ba, namespace, &ctx.client).await?;
+    if !missing.is_empty() {
+        observed.stalled = Some((
+            "SecretNotFound".into(),
+            format!(
+                "Secret(s) {} not found in namespace {namespace}",
+                missing.join(", ")
+            ),
+        ));
+        update_status(ba, namespace, ctx, &observed, Some(&topics)).await?;
+        // Secrets are not watched; look again soon.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    let settings = kafka_settings(ba);
+    match ctx
+        .kafka
+        .ensure_topics(&settings, &topics.all(), ba.spec.dbproc.max_replicas)
+        .await
+    {
+        Ok(mut report) => {
+            // Only request topics are shared by dbproc's consumers; replies are read by
+            // assignment, so their partition count does not limit scaling.
+            let request_topics = topics.request_topics();
+            report
+                .under_partitioned
+                .retain(|(topic, _)| request_topics.contains(topic));
+            observed.topics = Some(report);
+        }
+        Err(error) => {
+            ctx.metrics.record_failure(error.metric_label());
+            observed.kafka_problem = Some(format!("ensuring topics failed: {error}"));
+        }
+    }
+
+    for child in resources::desired_objects(ba, namespace, &topics, &secret_versions) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &child.resource);
+        let applied = match api
+            .patch(
+                &child.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&child.body),
+            )
+            .await
+        {
+            Ok(applied) => applied,
+            Err(kube::Error::Api(status))
+                if status.code == 404 && child.resource.group == "keda.sh" =>
+            {
+                observed.stalled = Some((
+                    "KedaNotInstalled".into(),
+                    "autoscaling.provider is Keda but the cluster has no keda.sh ScaledObject API"
+                        .into(),
+                ));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if child.resource.kind == "Deployment" {
+            let status = tier_status(&applied);
+            let rolling = rolling_out(&applied);
+            observed.rolling_out |= rolling;
+            if child.name == Tier::Api.object_name(&name) {
+                observed.api = status;
+            } else {
+                observed.dbproc = status;
+            }
+        }
+    }
+    delete_obsolete_autoscaler(ba, namespace, &ctx.client).await?;
+
+    if observed.kafka_problem.is_none() {
+        match ctx
+            .kafka
+            .consumer_lag(
+                &settings,
+                &topics.dbproc_group(),
+                &topics.request_topics(),
+                ba.spec.autoscaling.uncommitted_partitions,
+            )
+            .await
+        {
+            Ok(lag) => {
+                let value = lag.metric_value(
+                    ba.spec.dbproc.lag_per_replica,
+                    ba.spec.autoscaling.cap_lag_at_partitions,
+                );
+                ctx.metrics
+                    .dbproc_lag
+                    .get_or_create(&InstanceLabels {
+                        namespace: namespace.to_owned(),
+                        name: name.clone(),
+                    })
+                    .set(value);
+                observed.lag = Some(lag.total());
+            }
+            Err(error) => {
+                ctx.metrics.record_failure(error.metric_label());
+                observed.kafka_problem = Some(format!("measuring consumer lag failed: {error}"));
+            }
+        }
+    }
+
+    let ready = update_status(ba, namespace, ctx, &observed, Some(&topics)).await?;
+    Ok(if ready && observed.kafka_problem.is_none() {
+        // Refresh the lag shown in status now and then; children changes trigger sooner.
+        Action::requeue(Duration::from_secs(60))
+    } else {
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action> {
+    // Child objects go with the BrokerAuth through their owner references; only Kafka is ours.
+    if ba.spec.kafka.delete_topics_on_delete {
+        let topics = Topics::for_deployment(namespace, &ba.name_any())?;
+        if let Err(error) = ctx
+            .kafka
+            .delete_topics(&kafka_settings(ba), &topics.all())
+            .await
+        {
+            // Never hold the BrokerAuth hostage to an unreachable Kafka.
+            warn!(%error, "could not delete topics; leaving them");
+            publish(
+                ctx,
+                ba,
+                EventType::Warning,
+                "TopicsNotDeleted",
+                &format!("topics with prefix {} were left: {error}", topics.prefix()),
+            )
+            .await;
+        }
+    }
+    ctx.metrics.dbproc_lag.remove(&InstanceLabels {
+        namespace: namespace.to_owned(),
+        name: ba.name_any(),
+    });
+    Ok(Action::await_change())
+}
+
+/// The resource versions of the referenced Secrets, and the names of those that are missing.
+async fn secret_versions(
+    ba: &BrokerAuth,
+    namespace: &str,
+    client: &Client,
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let refs = &ba.spec.secrets;
+    let mut names: Vec<&str> = [
+        &refs.database_url,
+        &refs.redis_url,
+        &refs.smtp_url,
+        &refs.jwt_secret,
+    ]
+    .iter()
+    .map(|r| r.name.as_str())
+    .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut versions = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in names {
+        // Metadata only: the operator never reads secret values.
+        match api.get_metadata_opt(name).await? {
+            Some(secret) => {
+                versions.insert(
+                    name.to_owned(),
+                    secret.resource_version().unwrap_or_default(),
+                );
+            }
+            None => missing.push(name.to_owned()),
+        }
+    }
+    Ok((versions, missing))
+}
+
+async fn delete_obsolete_autoscaler(
+    ba: &BrokerAuth,
+    namespace: &str,
+    client: &Client,
+) -> Result<()> {
+    let (resource, name) = resources::obsolete_dbproc_autoscaler(ba);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {
+            tracing::info!(kind = %resource.kind, %name, "deleted the autoscaler of the other provider");
+            Ok(())
+        }
+        // Already gone, or (for KEDA) the API does not exist in this cluster.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn tier_status(deployment: &DynamicObject) -> TierStatus {
+    let status = &deployment.data["status"];
+    let read = |key: &str| {
+        status[key]
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    TierStatus {
+        replicas: read("replicas"),
+        ready_replicas: read("readyReplicas"),
+    }
+}
+
+fn rolling_out(deployment: &DynamicObject) -> bool {
+    let status = &deployment.data["status"];
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let observed = status["observedGeneration"].as_i64().unwrap_or(0);
+    let replicas = status["replicas"].as_i64().unwrap_or(0);
+    let updated = status["updatedReplicas"].as_i64().unwrap_or(0);
+    let ready = status["readyReplicas"].as_i64().unwrap_or(0);
+    observed < generation || updated < replicas || ready < replicas
+}
+
+/// A condition that keeps its transition time when its status did not change.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+fn conditions(ba: &BrokerAuth, observed: &Observed) -> Vec<Condition> {
+    let previous = ba
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = ba.metadata.generation;
+    let mut conditions = Vec::new();
+    if let Some((reason, message)) = &observed.stalled {
+        conditions.push(condition(
+            previous,
+            STALLED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+        ));
+        conditions.push(condition(
+            previous,
+            READY,
+            false,
+            reason,
+            "reconcile is stalled; see the Stalled condition".into(),
+            generation,
+        ));
+        conditions.push(condition(
+            previous,
+            RECONCILING,
+            false,
+            reason,
+            "waiting for the spec or its Secrets to be fixed".into(),
+            generation,
+        ));
+        return conditions;
+    }
+    conditions.push(condition(
+        previous,
+        STALLED,
+        false,
+        "Valid",
+        "the spec is valid and its Secrets exist".into(),
+        generation,
+    ));
+    let tiers_ready = observed.api.ready_replicas >= 1 && observed.dbproc.ready_replicas >= 1;
+    let tiers = format!(
+        "api {}/{} ready, dbproc {}/{} ready",
+        observed.api.ready_replicas,
+        observed.api.replicas,
+        observed.dbproc.ready_replicas,
+        observed.dbproc.replicas
+    );
+    let (ready, ready_reason, ready_message) = match (&observed.kafka_problem, tiers_ready) {
+        (Some(problem), _) => (false, "KafkaUnavailable", problem.clone()),
+        (None, true) => (true, "TiersReady", tiers.clone()),
+        (None, false) => (false, "TiersNotReady", tiers.clone()),
+    };
+    conditions.push(condition(
+        previous,
+        READY,
+        ready,
+        ready_reason,
+        ready_message,
+        generation,
+    ));
+    let (reconciling, reason, message) = if observed.kafka_problem.is_some() {
+        (true, "KafkaUnavailable", "retrying Kafka".to_owned())
+    } else if observed.rolling_out {
+        (true, "RollingOut", tiers)
+    } else {
+        (
+            false,
+            "UpToDate",
+            "every child object is applied and rolled out".to_owned(),
+        )
+    };
+    conditions.push(condition(
+        previous,
+        RECONCILING,
+        reconciling,
+        reason,
+        message,
+        generation,
+    ));
+    if let Some(report) = &observed.topics {
+        let (ok, reason, message) = if report.under_partitioned.is_empty() {
+            (
+                true,
+                "EnoughPartitions",
+                "request topics have at least dbproc.maxReplicas partitions".to_owned(),
+            )
+        } else {
+            let listed: Vec<String> = report
+                .under_partitioned
+                .iter()
+                .map(|(topic, count)| format!("{topic} ({count})"))
+                .collect();
+            (
+                false,
+                "TooFewPartitions",
+                format!(
+                    "topics with fewer partitions than dbproc.maxReplicas ({}): {}; consumers beyond the partition count stay idle",
+                    ba.spec.dbproc.max_replicas,
+                    listed.join(", ")
+                ),
+            )
+        };
+        conditions.push(condition(
+            previous,
+            PARTITIONS_SUFFICIENT,
+            ok,
+            reason,
+            message,
+            generation,
+        ));
+    }
+    conditions
+}
+
+/// Writes status through server-side apply and publishes events for condition changes.
+/// Returns whether the BrokerAuth is Ready.
+async fn update_status(
+    ba: &BrokerAuth,
+    namespace: &str,
+    ctx: &Context,
+    observed: &Observed,
+    topics: Option<&Topics>,
+) -> Result<bool> {
+    let conditions = conditions(ba, observed);
+    let status = BrokerAuthStatus {
+        observed_generation: ba.metadata.generation,
+        conditions,
+        api: observed.api.clone(),
+        dbproc: observed.dbproc.clone(),
+        lag: observed.lag,
+        topic_prefix: topics.map(|t| t.prefix().to_owned()),
+        consumer_group: topics.map(Topics::dbproc_group),
+    };
+    let api: Api<BrokerAuth> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "auth.cfdbroker.io/v1alpha1",
+        "kind": "BrokerAuth",
+        "status": status,
+    });
+    api.patch_status(
+        &ba.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+
+    let previous = ba
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for condition in &status.conditions {
+        let changed = previous
+            .iter()
+            .find(|c| c.type_ == condition.type_)
+            .is_none_or(|c| c.status != condition.status || c.reason != condition.reason);
+        let noteworthy = match (condition.type_.as_str(), condition.status.as_str()) {
+            (STALLED, "True") | (PARTITIONS_SUFFICIENT, "False") => Some(EventType::Warning),
+            (READY, "True") => Some(EventType::Normal),
+            (READY, "False") if observed.kafka_problem.is_some() => Some(EventType::Warning),
+            _ => None,
+        };
+        if let (true, Some(severity)) = (changed, noteworthy) {
+            publish(ctx, ba, severity, &condition.reason, &condition.message).await;
+        }
+    }
+    Ok(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True"))
+}
+
+async fn publish(ctx: &Context, ba: &BrokerAuth, severity: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_: severity,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // Events are best effort; a failure to record one must not fail the reconcile.
+    if let Err(error) = ctx.recorder.publish(&event, &ba.object_ref(&())).await {
+        warn!(%error, "could not publish event");
+    }
+}

@@ -1,0 +1,426 @@
+//! Reconcile against a mock API server: every request is recorded and answered, and the test
+//! asserts the exact objects applied.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use broker_auth_kafka::KafkaSettings;
+use broker_auth_operator::Result;
+use broker_auth_operator::crd::{BrokerAuth, UncommittedPartitionPolicy};
+use broker_auth_operator::kafka::{KafkaAdmin, TopicReport};
+use broker_auth_operator::lag::ConsumerLag;
+use broker_auth_operator::metrics::Metrics;
+use broker_auth_operator::reconcile::{self, Context};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+use crate::support::{repo_root, sample_brokerauth};
+
+/// Kafka as reconcile sees it, recording what it was asked.
+#[derive(Default)]
+struct FakeKafka {
+    calls: Mutex<Vec<String>>,
+    under_partitioned: Vec<(String, i32)>,
+}
+
+#[async_trait]
+impl KafkaAdmin for FakeKafka {
+    async fn ensure_topics(
+        &self,
+        settings: &KafkaSettings,
+        topics: &[String],
+        min: i32,
+    ) -> Result<TopicReport> {
+        self.calls.lock().unwrap().push(format!(
+            "ensure {} partitions={} min={min} on {}",
+            topics.join(","),
+            settings.topic_partitions,
+            settings.brokers
+        ));
+        Ok(TopicReport {
+            under_partitioned: self.under_partitioned.clone(),
+        })
+    }
+
+    async fn consumer_lag(
+        &self,
+        _: &KafkaSettings,
+        group: &str,
+        topics: &[String],
+        _: UncommittedPartitionPolicy,
+    ) -> Result<ConsumerLag> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("lag {group} over {}", topics.join(",")));
+        Ok(ConsumerLag {
+            partitions: vec![(topics[0].clone(), 0, 7), (topics[1].clone(), 3, 5)],
+        })
+    }
+
+    async fn delete_topics(&self, _: &KafkaSettings, topics: &[String]) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete {}", topics.join(",")));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+/// What the fake API server knows.
+#[derive(Clone)]
+struct ApiServer {
+    brokerauth: BrokerAuth,
+    missing_secrets: bool,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn not_found() -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    )
+}
+
+impl ApiServer {
+    fn answer(&self, method: &str, path: &str, body: &Value) -> Response<Body> {
+        let ba = serde_json::to_value(&self.brokerauth).unwrap();
+        match method {
+            "GET" if path.contains("/secrets/") => {
+                if self.missing_secrets {
+                    return not_found();
+                }
+                let name = path.rsplit('/').next().unwrap();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                            "metadata": {"name": name, "namespace": "default", "resourceVersion": "42"}}),
+                )
+            }
+            "PATCH" if path.ends_with("/status") => {
+                let mut merged = ba;
+                merged["status"] = body["status"].clone();
+                json_response(StatusCode::OK, &merged)
+            }
+            "PATCH" if path.contains("/brokerauths/") => json_response(StatusCode::OK, &ba),
+            "PATCH" => {
+                let mut applied = body.clone();
+                applied["metadata"]["generation"] = json!(1);
+                if applied["kind"] == "Deployment" {
+                    applied["status"] = json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2});
+                }
+                json_response(StatusCode::OK, &applied)
+            }
+            "DELETE" => not_found(),
+            "POST" if path.contains("/events") => json_response(StatusCode::CREATED, body),
+            _ => panic!("unexpected request {method} {path}"),
+        }
+    }
+}
+
+/// Runs one reconcile of `server.brokerauth` and returns the API requests and Kafka calls.
+async fn reconcile_once(server: ApiServer, kafka: Arc<FakeKafka>) -> (Vec<Recorded>, Vec<String>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let log = recorded.clone();
+    let responder = server.clone();
+    let api = tokio::spawn(async move {
+        while let Some((request, respond)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_owned();
+            let bytes = request.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let response = responder.answer(&method, &path, &body);
+            log.lock().unwrap().push(Recorded { method, path, body });
+            respond.send_response(response);
+        }
+    });
+    let context = Arc::new(Context {
+        client: client.clone(),
+        kafka: kafka.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "broker-auth-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        metrics: Arc::new(Metrics::default()),
+    });
+    reconcile::reconcile(Arc::new(server.brokerauth), context)
+        .await
+        .unwrap();
+    api.abort();
+    let requests = recorded.lock().unwrap().clone();
+    let calls = kafka.calls.lock().unwrap().clone();
+    (requests, calls)
+}
+
+/// Transition times differ on every run.
+fn mask_times(mut value: Value) -> Value {
+    let conditions = value
+        .get_mut("status")
+        .and_then(|status| status.get_mut("conditions"))
+        .and_then(Value::as_array_mut);
+    if let Some(conditions) = conditions {
+        for condition in conditions {
+            condition["lastTransitionTime"] = json!("<time>");
+        }
+    }
+    value
+}
+
+fn applied(requests: &[Recorded]) -> Vec<Value> {
+    requests
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| json!({"path": r.path, "body": mask_times(r.body.clone())}))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
+    let kafka = Arc::new(FakeKafka::default());
+    let server = ApiServer {
+        brokerauth: sample_brokerauth(),
+        missing_secrets: false,
+    };
+    let (requests, calls) = reconcile_once(server, kafka).await;
+
+    let golden_path = repo_root().join("operator/tests/golden/sample-reconcile.json");
+    let actual = Value::Array(applied(&requests));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(
+            &golden_path,
+            serde_json::to_string_pretty(&actual).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(&golden_path).unwrap()).unwrap();
+    assert_eq!(
+        actual,
+        golden,
+        "applied objects differ from {}; UPDATE_GOLDEN=1 rewrites it",
+        golden_path.display()
+    );
+
+    // Secrets are checked by metadata only, each once.
+    let secret_gets: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.path.contains("/secrets/"))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(secret_gets.len(), 4);
+    // The KEDA ScaledObject of the other provider is removed if present.
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path.ends_with("/scaledobjects/auth-dbproc"))
+    );
+    // Becoming Ready is an event.
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "POST" && r.body["reason"] == "TiersReady")
+    );
+    assert_eq!(
+        calls,
+        vec![
+            "ensure default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request,default.auth.user-existence-response,default.auth.user-creation-response,default.auth.user-authentication-response,default.auth.mail-outbox,default.auth.dead-letter partitions=12 min=6 on kafka.default.svc:9092".to_owned(),
+            "lag default.auth.broker-auth-dbproc over default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request".to_owned(),
+        ]
+    );
+
+    let status = &requests
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["lag"], 12);
+    assert_eq!(status["api"], json!({"replicas": 2, "readyReplicas": 2}));
+    let condition = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(condition("Ready")["status"], "True");
+    assert_eq!(condition("Stalled")["status"], "False");
+    assert_eq!(condition("Reconciling")["status"], "False");
+    assert_eq!(condition("PartitionsSufficient")["status"], "True");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_stalled_with_a_message_and_nothing_is_applied() {
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.spec.dbproc.min_replicas = 8;
+    brokerauth.spec.dbproc.max_replicas = 2;
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+        },
+        kafka,
+    )
+    .await;
+    assert!(calls.is_empty(), "Kafka was touched: {calls:?}");
+    let patches: Vec<&Recorded> = requests.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(patches.len(), 1, "only the status is written");
+    let status = &patches[0].body["status"];
+    let stalled = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert_eq!(
+        stalled["message"],
+        "dbproc.minReplicas (8) must not exceed dbproc.maxReplicas (2)"
+    );
+    assert!(requests.iter().any(|r| r.method == "POST"
+        && r.body["reason"] == "InvalidSpec"
+        && r.body["type"] == "Warning"));
+}
+
+#[tokio::test]
+async fn missing_secrets_stall_the_brokerauth_until_they_exist() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth: sample_brokerauth(),
+            missing_secrets: true,
+        },
+        kafka,
+    )
+    .await;
+    assert!(calls.is_empty());
+    let status = &requests
+        .iter()
+        .find(|r| r.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    let stalled = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert_eq!(stalled["reason"], "SecretNotFound");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("broker-auth-jwt")
+    );
+}
+
+#[tokio::test]
+async fn too_few_partitions_on_an_existing_topic_is_a_warning_condition() {
+    let kafka = Arc::new(FakeKafka {
+        under_partitioned: vec![("default.auth.user-creation-request".into(), 2)],
+        ..FakeKafka::default()
+    });
+    let (requests, _) = reconcile_once(
+        ApiServer {
+            brokerauth: sample_brokerauth(),
+            missing_secrets: false,
+        },
+        kafka,
+    )
+    .await;
+    let status = &requests
+        .iter()
+        .find(|r| r.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    let partitions = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PartitionsSufficient")
+        .unwrap();
+    assert_eq!(partitions["status"], "False");
+    assert_eq!(partitions["reason"], "TooFewPartitions");
+    assert!(
+        partitions["message"]
+            .as_str()
+            .unwrap()
+            .contains("default.auth.user-creation-request (2)")
+    );
+}
+
+#[tokio::test]
+async fn a_new_brokerauth_first_gets_the_cleanup_finalizer() {
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.metadata.finalizers = None;
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+        },
+        kafka,
+    )
+    .await;
+    assert!(calls.is_empty());
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].method, "PATCH");
+    assert!(
+        requests[0]
+            .body
+            .to_string()
+            .contains("auth.cfdbroker.io/cleanup")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_brokerauth_drops_its_topics_when_asked_and_releases_the_finalizer() {
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.spec.kafka.delete_topics_on_delete = true;
+    brokerauth.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+        },
+        kafka,
+    )
+    .await;
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].starts_with("delete default.auth.user-existence-check,"));
+    // Children go by garbage collection (owner references); the only write is the finalizer's removal.
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "PATCH");
+    assert!(requests[0].path.ends_with("/brokerauths/auth"));
+}
