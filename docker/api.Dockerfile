@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# Image of `broker-auth-api`, the HTTP API (port 8080, /healthz /readyz /metrics).
+# Build from the repository root:  docker build -f docker/api.Dockerfile -t ghcr.io/cfdbroker/broker-auth-api .
+#
+# Stages: cargo-chef computes a recipe from the manifests only, so the dependency build below is a
+# cached layer that is rebuilt only when Cargo.toml/Cargo.lock change, not on every source edit.
+
+ARG RUST_VERSION=1.95
+# Debian 12 in both the build and the runtime image: the binary links glibc and libssl3
+# dynamically (rdkafka's bundled librdkafka with OpenSSL, lettre's native-tls), so the versions must match.
+FROM rust:${RUST_VERSION}-bookworm AS chef
+ARG CARGO_CHEF_VERSION=0.1.78
+RUN cargo install cargo-chef --locked --version ${CARGO_CHEF_VERSION}
+# librdkafka is compiled from source by rdkafka-sys (C toolchain + make come with the rust image).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json --bin broker-auth-api
+
+FROM chef AS builder
+# sqlx's compile-time checked queries read .sqlx/ instead of a live database.
+ENV SQLX_OFFLINE=true
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin broker-auth-api
+COPY . .
+RUN cargo build --release --locked --bin broker-auth-api \
+    && cp target/release/broker-auth-api /usr/local/bin/broker-auth-api
+
+# distroless/cc: glibc, libgcc, libssl3 and CA certificates; no shell, no package manager.
+# The :nonroot variant runs as uid/gid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+LABEL org.opencontainers.image.source="https://github.com/cfdbroker/broker-auth" \
+      org.opencontainers.image.title="broker-auth-api" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /usr/local/bin/broker-auth-api /usr/local/bin/broker-auth-api
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/broker-auth-api"]

@@ -1,0 +1,431 @@
+"""The Helm chart: lint, values schema, strict Kubernetes validation and what each value set creates."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (
+    CHART_CRD_PATH,
+    CHART_DIR,
+    CRD_PATH,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE_NAME,
+    VALUE_SETS,
+    Rendered,
+    crd_schema,
+    load_crd,
+    pod_specs,
+    render,
+)
+
+WARNING = 2  # helm lint severities: 1 info, 2 warning, 3 error
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_helm_lint_reports_no_warnings_or_errors(value_set: str) -> None:
+    report = helm.lint(
+        CHART_DIR,
+        VALUE_SETS[value_set],
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{KUBE_VERSION}",
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= WARNING]
+    assert not problems and not report["errors"], json.dumps(report, indent=2)
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_values_schema_accepts_every_value_set(value_set: str) -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        chart.validate_schema(VALUE_SETS[value_set])
+
+
+@pytest.mark.parametrize(
+    "bad_values",
+    [
+        {"metricsRoute": "prometheus-adapter"},
+        {"kafka": {"replicas": 2}},
+        {"kafka": {"image": {"tag": "latest"}}},
+        {"redis": {"image": {"tag": ""}}},
+        {"operator": {"image": {"tag": "latest"}}},
+        {"postgres": {"username": "Robert'); DROP TABLE"}},
+        {"brokerAuth": {"create": True, "unknownField": 1}},
+        {"smtp": {"url": "http://not-smtp"}},
+        {"typoedTopLevelKey": True},
+    ],
+    ids=lambda v: json.dumps(v)[:60],
+)
+def test_values_schema_rejects_invalid_values(bad_values: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(bad_values)
+
+
+def _schema_paths(schema: dict[str, Any], root: dict[str, Any], prefix: str = "") -> set[str]:
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = target
+    paths = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.add(path)
+        paths |= _schema_paths(sub, root, path)
+    return paths
+
+
+def _value_paths(values: Any, prefix: str = "") -> set[str]:
+    paths = set()
+    if isinstance(values, dict):
+        for key, sub in values.items():
+            path = f"{prefix}.{key}" if prefix else key
+            paths.add(path)
+            # Free-form maps (labels, resources, selectors) are described as a whole.
+            if key not in {"requests", "limits", "commonLabels", "podAnnotations", "podLabels", "annotations",
+                           "nodeSelector", "affinity", "issuerRef"}:
+                paths |= _value_paths(sub, path)
+    return paths
+
+
+def test_values_schema_describes_every_default_value() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    undescribed = _value_paths(values) - _schema_paths(schema, schema)
+    assert not undescribed, f"values.yaml keys missing from values.schema.json: {sorted(undescribed)}"
+
+
+def test_every_rendered_object_is_valid_for_kubernetes(rendered: Rendered) -> None:
+    crd = load_crd()
+    failures = []
+    for template, obj in rendered.objects:
+        where = f"{template}: {obj['kind']}/{obj['metadata'].get('name')}"
+        if obj["apiVersion"].startswith("auth.cfdbroker.io/"):
+            _validate_against_crd(obj, crd, where, failures)
+        elif obj["apiVersion"].startswith("cert-manager.io/"):
+            _validate_cert_manager(obj, where, failures)
+        else:
+            try:
+                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                failures.append(f"{where}: {error.message} at {list(error.path)}")
+            except kubernetes_validate.SchemaNotFoundError as error:
+                failures.append(f"{where}: {error.message}")
+    assert not failures, "\n".join(failures)
+
+
+def _validate_against_crd(obj: dict[str, Any], crd: dict[str, Any], where: str, failures: list[str]) -> None:
+    assert obj["kind"] == crd["spec"]["names"]["kind"], where
+    version = obj["apiVersion"].split("/")[1]
+    validator = jsonschema.Draft7Validator(crd_schema(crd, version))
+    failures.extend(f"{where}: {e.message} at {list(e.path)}" for e in validator.iter_errors(obj))
+
+
+# cert-manager's CRDs are not vendored here; these are the fields of its v1 API this chart uses,
+# closed with additionalProperties so a typo fails the test.
+_ISSUER_REF = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]}, "group": {"type": "string"}},
+}
+_CERT_MANAGER_SPECS = {
+    "Issuer": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {
+            "selfSigned": {"type": "object"},
+            "ca": {"type": "object", "required": ["secretName"], "properties": {"secretName": {"type": "string"}}},
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["secretName", "issuerRef"],
+        "properties": {
+            "secretName": {"type": "string"},
+            "commonName": {"type": "string", "maxLength": 64},
+            "dnsNames": {"type": "array", "items": {"type": "string"}},
+            "isCA": {"type": "boolean"},
+            "duration": {"type": "string", "pattern": "^[0-9]+h$"},
+            "privateKey": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                    "size": {"type": "integer"},
+                    "rotationPolicy": {"enum": ["Never", "Always"]},
+                },
+            },
+            "issuerRef": _ISSUER_REF,
+        },
+    },
+}
+
+
+def _validate_cert_manager(obj: dict[str, Any], where: str, failures: list[str]) -> None:
+    if obj["apiVersion"] != "cert-manager.io/v1" or obj["kind"] not in _CERT_MANAGER_SPECS:
+        failures.append(f"{where}: unexpected cert-manager object")
+        return
+    validator = jsonschema.Draft7Validator(_CERT_MANAGER_SPECS[obj["kind"]])
+    failures.extend(f"{where}: {e.message} at {list(e.path)}" for e in validator.iter_errors(obj["spec"]))
+
+
+def test_rendered_objects_are_namespaced_into_the_release_or_cluster_scoped(rendered: Rendered) -> None:
+    for _, obj in rendered.objects:
+        assert obj["metadata"].get("namespace") in (None, NAMESPACE), obj["metadata"]
+        assert len(obj["metadata"]["name"]) <= 63 or obj["kind"] in {"ClusterRole", "ClusterRoleBinding", "APIService"}
+
+
+def test_names_are_unique_per_kind(rendered: Rendered) -> None:
+    seen: set[tuple[str, str]] = set()
+    for _, obj in rendered.objects:
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key not in seen, f"{key} rendered twice"
+        seen.add(key)
+
+
+def test_every_image_is_pinned(rendered: Rendered) -> None:
+    for _, obj in rendered.objects:
+        for pod in pod_specs(obj):
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                image = container["image"]
+                assert re.fullmatch(r"[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*", image), image
+                assert not image.endswith(":latest"), image
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered: Rendered) -> None:
+    for _, obj in rendered.objects:
+        for pod in pod_specs(obj):
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            pod_context = pod.get("securityContext", {})
+            assert pod_context.get("runAsNonRoot") is True, where
+            assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                context = container.get("securityContext", {})
+                assert context.get("allowPrivilegeEscalation") is False, where
+                assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+                assert not context.get("capabilities", {}).get("add"), where
+                assert context.get("privileged") is not True, where
+                assert "resources" in container and container["resources"].get("limits"), f"{where} has no limits"
+                assert container.get("readinessProbe") and container.get("livenessProbe"), f"{where} lacks probes"
+
+
+def test_services_run_as_statefulsets_with_storage(rendered_sets: dict[str, Rendered]) -> None:
+    defaults = rendered_sets["defaults"]
+    for component, port in (("kafka", 9092), ("redis", 6379), ("postgres", 5432)):
+        sts = defaults.one("StatefulSet", f"{RELEASE_NAME}-{component}")
+        claims = sts["spec"]["volumeClaimTemplates"]
+        assert claims and claims[0]["spec"]["resources"]["requests"]["storage"]
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        assert any(p["containerPort"] == port for p in container["ports"])
+        assert container.get("startupProbe"), component
+        service = defaults.one("Service", f"{RELEASE_NAME}-{component}")
+        assert service["spec"]["ports"][0]["port"] == port
+
+
+def test_official_images_are_used_for_the_services(rendered_sets: dict[str, Rendered]) -> None:
+    images = {
+        sts["metadata"]["name"]: sts["spec"]["template"]["spec"]["containers"][0]["image"]
+        for sts in rendered_sets["defaults"].of_kind("StatefulSet")
+    }
+    assert images[f"{RELEASE_NAME}-kafka"].startswith("apache/kafka:")
+    assert images[f"{RELEASE_NAME}-redis"].startswith("redis:")
+    assert images[f"{RELEASE_NAME}-postgres"].startswith("postgres:")
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def test_kafka_runs_kraft_with_a_quorum_of_every_replica(rendered_sets: dict[str, Rendered]) -> None:
+    for value_set, replicas in (("defaults", 1), ("kafka-quorum", 3)):
+        sts = rendered_sets[value_set].one("StatefulSet", f"{RELEASE_NAME}-kafka")
+        assert sts["spec"]["replicas"] == replicas
+        env = _env(sts["spec"]["template"]["spec"]["containers"][0])
+        assert env["KAFKA_PROCESS_ROLES"]["value"] == "broker,controller"
+        voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"]["value"].split(",")
+        assert [v.split("@")[0] for v in voters] == [str(i) for i in range(replicas)]
+        assert env["CLUSTER_ID"]["valueFrom"]["secretKeyRef"]["key"] == "CLUSTER_ID"
+        assert env["KAFKA_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]["value"] == str(min(replicas, 3))
+        # Service links would inject KAFKA_-prefixed variables that the image turns into broker properties.
+        assert sts["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_generated_secrets_are_read_back_from_the_release_with_lookup() -> None:
+    # `lookup` is empty offline, so this guards the templates' text: without it `helm upgrade` would rotate
+    # the database password, the JWT key, the Kafka cluster id and the metrics CA.
+    secrets = (CHART_DIR / "templates" / "secrets.yaml").read_text()
+    for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "CLUSTER_ID"):
+        assert re.search(rf'existingSecretValue" \(dict "root" \$ "name" \$name "key" "{key}"\)', secrets), key
+    assert 'existingSecretValue" (dict "root" $ "name" $name "key" $key)' in secrets
+    assert 'lookup "v1" "Secret"' in (CHART_DIR / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret"' in (CHART_DIR / "templates" / "external-metrics.yaml").read_text()
+
+
+def test_generated_credentials_are_strong_and_consistent(rendered_sets: dict[str, Rendered]) -> None:
+    defaults = rendered_sets["defaults"]
+    postgres = defaults.one("Secret", f"{RELEASE_NAME}-postgres")["stringData"]
+    assert len(postgres["POSTGRES_PASSWORD"]) >= 32
+    assert f":{postgres['POSTGRES_PASSWORD']}@{RELEASE_NAME}-postgres.{NAMESPACE}.svc:5432/" in postgres["DATABASE_URL"]
+    redis = defaults.one("Secret", f"{RELEASE_NAME}-redis")["stringData"]
+    assert redis["REDIS_URL"] == f"redis://:{redis['REDIS_PASSWORD']}@{RELEASE_NAME}-redis.{NAMESPACE}.svc:6379/0"
+    assert redis["auth.conf"].strip() == f"requirepass {redis['REDIS_PASSWORD']}"
+    jwt = defaults.one("Secret", f"{RELEASE_NAME}-jwt")["stringData"]["JWT_SECRET"]
+    assert len(jwt.encode()) >= 32  # the api refuses shorter keys
+    cluster_id = defaults.one("Secret", f"{RELEASE_NAME}-kafka")["stringData"]["CLUSTER_ID"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
+
+
+def test_external_services_replace_the_statefulsets(rendered_sets: dict[str, Rendered]) -> None:
+    external = rendered_sets["external-services"]
+    assert not external.of_kind("StatefulSet")
+    assert not external.of_kind("Secret") or all(
+        s["metadata"]["name"].endswith("metrics-tls") for s in external.of_kind("Secret")
+    ), [s["metadata"]["name"] for s in external.of_kind("Secret")]
+    spec = external.one("BrokerAuth", "auth")["spec"]
+    assert spec["kafka"]["bootstrapServers"] == VALUE_SETS["external-services"]["kafka"]["external"]["bootstrapServers"]
+    assert spec["kafka"]["replicationFactor"] == 1
+    assert spec["secrets"] == {
+        "databaseUrl": {"name": "shared-postgres", "key": "url"},
+        "redisUrl": {"name": "shared-redis", "key": "url"},
+        "smtpUrl": {"name": "smtp-relay", "key": "url"},
+        "jwtSecret": {"name": "broker-auth-jwt-key", "key": "key"},
+    }
+
+
+def test_external_kafka_without_an_address_fails_to_render() -> None:
+    with pytest.raises(helm.HelmError, match="kafka.external.bootstrapServers is required"):
+        render({"kafka": {"enabled": False}, "smtp": {"url": "smtp://m:25"}, "brokerAuth": {"create": True}})
+
+
+def test_brokerauth_from_values_needs_mail_settings() -> None:
+    with pytest.raises(helm.HelmError, match="needs mail settings"):
+        render({"brokerAuth": {"create": True}})
+
+
+def test_brokerauth_from_values_is_wired_to_the_chart_services(rendered_sets: dict[str, Rendered]) -> None:
+    rendered = rendered_sets["brokerauth-from-values"]
+    ba = rendered.one("BrokerAuth", RELEASE_NAME)
+    spec = ba["spec"]
+    assert spec["kafka"]["bootstrapServers"] == f"{RELEASE_NAME}-kafka.{NAMESPACE}.svc:9092"
+    secret_names = {s["metadata"]["name"]: s for s in rendered.of_kind("Secret")}
+    for ref in spec["secrets"].values():
+        assert ref["name"] in secret_names, f"{ref} names no Secret of the release"
+        assert ref["key"] in secret_names[ref["name"]]["stringData"], ref
+    assert spec["image"] == {
+        "repository": "ghcr.io/cfdbroker/broker-auth",
+        "tag": "0.1.0-test",
+        "pullPolicy": "IfNotPresent",
+        "pullSecrets": ["ghcr"],
+    }
+    assert spec["autoscaling"]["provider"] == "Operator"
+    assert spec["dbproc"]["mailFrom"] == "Broker <no-reply@broker.example>"
+    assert spec["observability"] == {"logLevel": "debug", "otlpEndpoint": "http://otel-collector.observability:4317"}
+
+
+def test_brokerauth_from_values_respects_the_crd_rules(rendered: Rendered) -> None:
+    # CEL rules (x-kubernetes-validations) are not evaluated by jsonschema; check the ones the CRD declares.
+    for ba in rendered.of_kind("BrokerAuth"):
+        for tier in ("api", "dbproc"):
+            assert ba["spec"][tier]["minReplicas"] <= ba["spec"][tier]["maxReplicas"]
+
+
+def test_metrics_route_api_service_registers_the_operator_with_the_aggregator(rendered_sets: dict[str, Rendered]) -> None:
+    rendered = rendered_sets["defaults"]
+    api_service = rendered.one("APIService", "v1beta1.external.metrics.k8s.io")
+    spec = api_service["spec"]
+    assert spec["group"] == "external.metrics.k8s.io" and spec["version"] == "v1beta1"
+    assert spec["insecureSkipTLSVerify"] is False
+    service = rendered.one("Service", spec["service"]["name"])
+    assert any(port["port"] == spec["service"]["port"] for port in service["spec"]["ports"])
+    tls = rendered.one("Secret", f"{RELEASE_NAME}-metrics-tls")
+    assert tls["type"] == "kubernetes.io/tls"
+    assert spec["caBundle"] == tls["data"]["ca.crt"]
+
+
+def test_metrics_route_cert_manager_injects_the_ca(rendered_sets: dict[str, Rendered]) -> None:
+    for value_set in ("cert-manager", "cert-manager-issuer"):
+        rendered = rendered_sets[value_set]
+        api_service = rendered.one("APIService")
+        assert "caBundle" not in api_service["spec"]
+        certificate = rendered.one("Certificate", f"{RELEASE_NAME}-metrics-tls")
+        annotation = api_service["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        assert annotation == f"{NAMESPACE}/{certificate['metadata']['name']}"
+        assert f"{RELEASE_NAME}-operator.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+        assert not [s for s in rendered.of_kind("Secret") if s["metadata"]["name"].endswith("metrics-tls")]
+    assert rendered_sets["cert-manager-issuer"].one("Certificate")["spec"]["issuerRef"] == {
+        "name": "cluster-ca",
+        "kind": "ClusterIssuer",
+    }
+
+
+@pytest.mark.parametrize("value_set", ["keda-route", "metrics-route-off"])
+def test_other_metrics_routes_leave_the_external_metrics_api_alone(rendered_sets: dict[str, Rendered], value_set: str) -> None:
+    rendered = rendered_sets[value_set]
+    assert "APIService" not in rendered.kinds()
+    assert not [s for s in rendered.of_kind("Secret") if s["metadata"]["name"].endswith("metrics-tls")]
+
+
+def test_keda_route_makes_the_operator_own_a_scaled_object(rendered_sets: dict[str, Rendered]) -> None:
+    rendered = rendered_sets["keda-route"]
+    assert rendered.one("BrokerAuth")["spec"]["autoscaling"]["provider"] == "Keda"
+    rules = [rule for role in rendered.of_kind("ClusterRole") for rule in role["rules"]]
+    assert any("keda.sh" in rule.get("apiGroups", []) and "scaledobjects" in rule["resources"] for rule in rules)
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    assert CRD_PATH.exists(), "k8s/crd.yaml is missing"
+    assert CHART_CRD_PATH.read_text() == CRD_PATH.read_text(), (
+        "charts/broker-auth/crds/brokerauth.yaml differs from k8s/crd.yaml: run scripts/sync-chart-crd"
+    )
+
+
+def test_the_chart_ships_its_crd_in_crds_so_helm_installs_it_first() -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        crds = chart.crds
+    assert [c["filename"] for c in crds] == ["broker-auth/crds/brokerauth.yaml"]
+    crd = yaml.safe_load(crds[0]["data"])
+    assert crd["metadata"]["name"] == "brokerauths.auth.cfdbroker.io"
+    kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
+
+
+def test_notes_say_what_to_apply_next() -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        notes = chart.render({}, name=RELEASE_NAME, namespace=NAMESPACE)["broker-auth/templates/NOTES.txt"]
+    assert "kubectl apply" in notes and "BrokerAuth" in notes
+
+
+IANA_SVC_NAME = re.compile(r"(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*")
+
+
+def test_port_names_are_valid_and_services_target_existing_ports(rendered: Rendered) -> None:
+    # The API server rejects port names longer than 15 characters, which the JSON schemas do not encode.
+    pods = []
+    for _, obj in rendered.objects:
+        for pod in pod_specs(obj):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            ports = {p["name"] for c in pod["containers"] for p in c.get("ports", []) if "name" in p}
+            for name in ports:
+                assert IANA_SVC_NAME.fullmatch(name), f"{obj['metadata']['name']}: invalid port name {name!r}"
+            pods.append((labels, ports))
+    for service in rendered.of_kind("Service"):
+        selector = service["spec"]["selector"]
+        targets = [labels_ports[1] for labels_ports in pods if selector.items() <= labels_ports[0].items()]
+        assert targets, f"Service {service['metadata']['name']} selects no pod of the chart"
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if isinstance(target, str):
+                assert all(target in ports for ports in targets), f"{service['metadata']['name']}: no port {target}"
