@@ -45,7 +45,13 @@ pub enum StartError {
     Hashing(#[from] HashError),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0} did not answer within {STARTUP_DEADLINE:?}")]
+    Timeout(&'static str),
 }
+
+/// How long start-up waits for each dependency before giving up (and letting the orchestrator
+/// restart the process with backoff).
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A built API: bound to its port, connected to its dependencies, not yet serving.
 pub struct App {
@@ -163,14 +169,25 @@ async fn distributed(
         .redis_url
         .as_ref()
         .ok_or(ConfigError::MissingRedisUrl)?;
-    let store = RedisStore::connect(redis_url.expose_secret(), &config.redis_key_prefix).await?;
-    let transport = KafkaTransport::start(
-        &settings,
-        topics.clone(),
-        config.reply_timeout(),
-        background,
+    tracing::info!("connecting to Redis");
+    let store = tokio::time::timeout(
+        STARTUP_DEADLINE,
+        RedisStore::connect(redis_url.expose_secret(), &config.redis_key_prefix),
     )
-    .await?;
+    .await
+    .map_err(|_| StartError::Timeout("Redis (REDIS_URL)"))??;
+    tracing::info!(brokers, "connecting to Kafka");
+    let transport = tokio::time::timeout(
+        STARTUP_DEADLINE,
+        KafkaTransport::start(
+            &settings,
+            topics.clone(),
+            config.reply_timeout(),
+            background,
+        ),
+    )
+    .await
+    .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??;
     let outbox = KafkaOutbox::new(settings.producer()?, topics.mail(), config.reply_timeout());
     let secret = config
         .jwt_secret

@@ -183,7 +183,7 @@ impl DirectoryWorker {
         let kind = request.kind;
         let reply = self.handle_with_retry(&request, shutdown).await?;
         let outcome = match &reply {
-            Some(reply) if is_rejected(reply) => "rejected",
+            Some(reply) if reply.rejection().is_some() => "rejected",
             Some(_) => "ok",
             None => INTERNAL_ERROR,
         };
@@ -216,6 +216,16 @@ impl DirectoryWorker {
             )
             .await?;
 
+        // Invalid requests are answered (so the API does not wait for a timeout) and also kept
+        // on the dead-letter topic, where someone can see what a client sent.
+        if let Some((code, reason)) = reply.rejection() {
+            self.dead_letter(
+                message,
+                Undeliverable::new("rejected", format!("{code}: {reason}")),
+                shutdown,
+            )
+            .await?;
+        }
         self.metrics
             .requests_handled
             .get_or_create(&RequestLabels {
@@ -290,16 +300,6 @@ impl DirectoryWorker {
             .inc();
         Ok(())
     }
-}
-
-fn is_rejected(reply: &DirectoryReply) -> bool {
-    use broker_auth_contract::Reply;
-    matches!(
-        reply,
-        DirectoryReply::ExistenceCheck(Reply::Rejected { .. })
-            | DirectoryReply::UserCreation(Reply::Rejected { .. })
-            | DirectoryReply::Authentication(Reply::Rejected { .. })
-    )
 }
 
 /// Backoff while the database is unavailable: quick at first, then at most every 5 s.

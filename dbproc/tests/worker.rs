@@ -438,3 +438,29 @@ async fn an_undecodable_mail_request_is_dead_lettered() {
         .await
         .expect("the mail after the poison is still sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_request_is_answered_as_rejected_and_kept_on_the_dead_letter_topic() {
+    let harness = Harness::start("invalid").await;
+    let mut replies = harness.reply_reader();
+    let mut dead_letters = harness.dead_letter_reader();
+
+    let correlation = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "Not An Email"}),
+        )
+        .await;
+
+    let reply = replies.reply(&correlation).await.json();
+    assert_eq!(reply["status"], "rejected");
+    assert_eq!(reply["code"], "invalid_email");
+    let dead = dead_letters
+        .wait_for("the rejected request", Duration::from_secs(20), |r| {
+            r.header(headers::CORRELATION_ID) == Some(correlation.as_str())
+        })
+        .await;
+    let reason = dead.header(headers::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.starts_with("rejected: invalid_email"), "{reason}");
+}

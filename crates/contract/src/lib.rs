@@ -265,6 +265,16 @@ impl DirectoryReply {
         }
     }
 
+    /// The code and message, when the reply is a rejection.
+    pub fn rejection(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::ExistenceCheck(Reply::Rejected { code, message })
+            | Self::UserCreation(Reply::Rejected { code, message })
+            | Self::Authentication(Reply::Rejected { code, message }) => Some((code, message)),
+            _ => None,
+        }
+    }
+
     /// The JSON body of the reply record.
     pub fn encode(&self, request_id: Uuid) -> Vec<u8> {
         match self {

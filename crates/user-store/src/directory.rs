@@ -53,7 +53,7 @@ impl UserDirectory {
                 DirectoryReply::Authentication(self.authenticate(lookup).await?)
             }
         };
-        if let Some(code) = rejection_code(&reply) {
+        if let Some((code, _)) = reply.rejection() {
             tracing::info!(%request_id, kind = kind.label(), code, "directory request rejected");
         }
         Ok(reply)
@@ -107,14 +107,5 @@ fn rejected<T>(rejection: Rejection) -> Reply<T> {
     Reply::Rejected {
         code: rejection.code.to_owned(),
         message: rejection.message.to_owned(),
-    }
-}
-
-fn rejection_code(reply: &DirectoryReply) -> Option<&str> {
-    match reply {
-        DirectoryReply::ExistenceCheck(Reply::Rejected { code, .. })
-        | DirectoryReply::UserCreation(Reply::Rejected { code, .. })
-        | DirectoryReply::Authentication(Reply::Rejected { code, .. }) => Some(code),
-        _ => None,
     }
 }
