@@ -69,19 +69,39 @@ pub struct TestEnv {
     pub apis: Vec<RunningApi>,
     pub dbproc: Option<RunningDbproc>,
     embedded_db: String,
-    signup_cooldown_secs: u64,
+    options: Options,
+}
+
+/// API settings a test or benchmark may change.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Off by default so tests can sign an address up twice.
+    pub signup_cooldown_secs: u64,
+    /// The minimum by default: tests check behaviour, not hashing cost.
+    pub bcrypt_cost: u32,
+    pub rate_limit_per_minute: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            signup_cooldown_secs: 0,
+            bcrypt_cost: 4,
+            rate_limit_per_minute: 300,
+        }
+    }
 }
 
 impl TestEnv {
-    /// Starts the services of `mode` and one API, and waits until the API is ready. The signup
-    /// resend cooldown is off so tests can sign an address up twice; see [`TestEnv::start_with_cooldown`].
+    /// Starts the services of `mode` and one API with the default [`Options`], and waits until
+    /// the API is ready.
     pub async fn start(mode: Mode) -> Self {
-        Self::start_with_cooldown(mode, 0).await
+        Self::start_with(mode, Options::default()).await
     }
 
     /// Embedded mode on a database file, so a restarted API finds its data again.
     pub async fn start_embedded_with_database(path: &std::path::Path) -> Self {
-        let mut env = Self::bare(Mode::Embedded, 0).await;
+        let mut env = Self::bare(Mode::Embedded, Options::default()).await;
         env.embedded_db = path.to_string_lossy().into_owned();
         let api = env.spawn_api().await;
         env.apis.push(api);
@@ -96,7 +116,7 @@ impl TestEnv {
         self.apis.insert(0, new);
     }
 
-    async fn bare(mode: Mode, signup_cooldown_secs: u64) -> Self {
+    async fn bare(mode: Mode, options: Options) -> Self {
         Self {
             mode,
             prefix: services::unique_prefix("e2e"),
@@ -105,12 +125,12 @@ impl TestEnv {
             apis: Vec::new(),
             dbproc: None,
             embedded_db: "sqlite::memory:".to_owned(),
-            signup_cooldown_secs,
+            options,
         }
     }
 
-    pub async fn start_with_cooldown(mode: Mode, signup_cooldown_secs: u64) -> Self {
-        let mut env = Self::bare(mode, signup_cooldown_secs).await;
+    pub async fn start_with(mode: Mode, options: Options) -> Self {
+        let mut env = Self::bare(mode, options).await;
         if mode == Mode::Distributed {
             services::require_kafka().await;
             services::require_redis().await;
@@ -132,7 +152,11 @@ impl TestEnv {
             "--listen",
             "127.0.0.1:0",
             "--bcrypt-cost",
-            "4",
+            &self.options.bcrypt_cost.to_string(),
+            "--rate-limit-per-minute",
+            &self.options.rate_limit_per_minute.to_string(),
+            "--signup-resend-cooldown-secs",
+            &self.options.signup_cooldown_secs.to_string(),
             "--cookie-secure",
             "false",
             "--smtp-url",
@@ -142,10 +166,6 @@ impl TestEnv {
         ]
         .map(str::to_owned)
         .to_vec();
-        args.extend([
-            "--signup-resend-cooldown-secs".to_owned(),
-            self.signup_cooldown_secs.to_string(),
-        ]);
         let reply_timeout = REPLY_TIMEOUT.as_millis().to_string();
         match self.mode {
             Mode::Embedded => args.extend(

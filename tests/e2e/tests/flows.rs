@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
 
-use broker_auth_e2e::{Client, Mode, TestEnv, extract_code};
+use broker_auth_e2e::{Client, Mode, Options, TestEnv, extract_code};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -286,7 +286,11 @@ async fn repeated_failed_signins_are_rate_limited(mode: Mode) {
 }
 
 async fn a_second_signup_within_the_cooldown_is_refused_with_retry_after(mode: Mode) {
-    let env = TestEnv::start_with_cooldown(mode, 60).await;
+    let options = Options {
+        signup_cooldown_secs: 60,
+        ..Options::default()
+    };
+    let env = TestEnv::start_with(mode, options).await;
     let email = env.new_email();
     let client = Client::new(env.api());
     assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
