@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::crypto::{HashError, Keys, PasswordHasher};
-use crate::directory::{Directory, InProcessTransport, KafkaTransport};
+use crate::directory::{Directory, InProcessTransport, KafkaTransport, RpcTiming};
 use crate::http::{AppState, Policy, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::{InProcessOutbox, KafkaOutbox, MailOutbox};
@@ -182,7 +182,10 @@ async fn distributed(
         KafkaTransport::start(
             &settings,
             topics.clone(),
-            config.reply_timeout(),
+            RpcTiming {
+                reply_timeout: config.reply_timeout(),
+                partition_check: Duration::from_millis(config.kafka_metadata_refresh_ms),
+            },
             background,
         ),
     )

@@ -43,6 +43,10 @@ pub struct Config {
     #[arg(long, env = "KAFKA_REPLY_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub kafka_reply_timeout_ms: u64,
 
+    /// How often the reply reader looks for partitions added to the reply topics.
+    #[arg(long, env = "KAFKA_METADATA_REFRESH_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub kafka_metadata_refresh_ms: u64,
+
     /// Redis for codes, sessions and rate limits (redis:// or rediss://). Required with Kafka.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<SecretString>,

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,15 @@ use uuid::Uuid;
 
 use super::{DirectoryError, DirectoryTransport};
 
+/// Deadlines and intervals of the request/reply exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcTiming {
+    /// How long a call waits for its reply before failing (the API answers 503).
+    pub reply_timeout: Duration,
+    /// How often the reply reader looks for partitions added to the reply topics.
+    pub partition_check: Duration,
+}
+
 type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Vec<u8>>>>>;
 
 /// Request/reply over Kafka.
@@ -27,6 +36,8 @@ type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Vec<u8>>>>>;
 /// replies whose `correlation-id` it is waiting for; the rest belong to other instances or
 /// arrived too late and are dropped.
 pub struct KafkaTransport {
+    /// Reply partitions the reader is assigned, over all reply topics.
+    reply_partitions: Arc<AtomicUsize>,
     producer: FutureProducer,
     consumer: Arc<StreamConsumer>,
     topics: Topics,
@@ -59,9 +70,13 @@ impl KafkaTransport {
     pub async fn start(
         settings: &KafkaSettings,
         topics: Topics,
-        timeout: Duration,
+        timing: RpcTiming,
         shutdown: CancellationToken,
     ) -> Result<Self, broker_auth_kafka::Error> {
+        let RpcTiming {
+            reply_timeout: timeout,
+            partition_check,
+        } = timing;
         broker_auth_kafka::ensure_topics(settings, &topics.all()).await?;
         let producer = settings.producer()?;
         let consumer = Arc::new(
@@ -77,6 +92,7 @@ impl KafkaTransport {
         // resolved "end" would otherwise be skipped.
         let assignment = {
             let consumer = consumer.clone();
+            let partitions = partitions.clone();
             tokio::task::spawn_blocking(
                 move || -> Result<TopicPartitionList, broker_auth_kafka::Error> {
                     let mut list = TopicPartitionList::new();
@@ -98,17 +114,25 @@ impl KafkaTransport {
         consumer.assign(&assignment)?;
 
         let pending: Pending = Arc::default();
+        let reply_partitions = Arc::new(AtomicUsize::new(assignment.count()));
         let positioned = Arc::new(AtomicBool::new(true));
         tokio::spawn(
             read_replies(
-                consumer.clone(),
-                pending.clone(),
+                ReplyReader {
+                    consumer: consumer.clone(),
+                    pending: pending.clone(),
+                    settings: settings.clone(),
+                    assigned: partitions.into_iter().collect(),
+                    partition_check,
+                    assigned_total: reply_partitions.clone(),
+                },
                 positioned.clone(),
                 shutdown,
             )
             .instrument(tracing::info_span!("reply_reader")),
         );
         Ok(Self {
+            reply_partitions,
             producer,
             consumer,
             topics,
@@ -119,16 +143,85 @@ impl KafkaTransport {
     }
 }
 
-async fn read_replies(
+/// What the reply reader owns.
+struct ReplyReader {
     consumer: Arc<StreamConsumer>,
     pending: Pending,
+    settings: KafkaSettings,
+    /// Partitions assigned per reply topic.
+    assigned: HashMap<String, i32>,
+    /// How often to look for partitions added to the reply topics (e.g. by the operator).
+    partition_check: Duration,
+    /// Shared count of assigned partitions, for [`KafkaTransport::reply_partitions`].
+    assigned_total: Arc<AtomicUsize>,
+}
+
+impl ReplyReader {
+    /// Assigns partitions added since the last look, from their beginning: a new partition
+    /// holds only replies produced after it was created.
+    async fn follow_new_partitions(&mut self) {
+        let topics: Vec<String> = self.assigned.keys().cloned().collect();
+        let counts = match broker_auth_kafka::partition_counts(
+            &self.settings,
+            &topics,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::debug!(%error, "could not refresh reply-topic partitions");
+                return;
+            }
+        };
+        let mut added = TopicPartitionList::new();
+        for (topic, count) in counts {
+            let known = self.assigned.get(&topic).copied().unwrap_or(0);
+            for partition in known..count {
+                if let Err(error) = added.add_partition_offset(&topic, partition, Offset::Beginning)
+                {
+                    tracing::warn!(%error, "could not add a reply partition");
+                    return;
+                }
+            }
+            if count > known {
+                tracing::info!(%topic, from = known, to = count, "following new reply partitions");
+            }
+            self.assigned.insert(topic, count.max(known));
+        }
+        let total: i32 = self.assigned.values().sum();
+        self.assigned_total
+            .store(usize::try_from(total).unwrap_or(0), Ordering::Release);
+        if added.count() > 0 {
+            if let Err(error) = self.consumer.incremental_assign(&added) {
+                tracing::warn!(%error, "could not assign new reply partitions");
+            }
+        }
+    }
+}
+
+impl KafkaTransport {
+    /// How many reply partitions the reader follows (all partitions of all reply topics).
+    pub fn reply_partitions(&self) -> usize {
+        self.reply_partitions.load(Ordering::Acquire)
+    }
+}
+
+async fn read_replies(
+    mut reader: ReplyReader,
     positioned: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
+    let mut partition_check = tokio::time::interval(reader.partition_check);
+    partition_check.tick().await;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
-            message = consumer.recv() => message,
+            _ = partition_check.tick() => {
+                reader.follow_new_partitions().await;
+                continue;
+            }
+            message = reader.consumer.recv() => message,
         };
         let message = match message {
             Ok(message) => message,
@@ -148,7 +241,7 @@ async fn read_replies(
             );
             continue;
         };
-        let waiter = lock(&pending).remove(&correlation_id);
+        let waiter = lock(&reader.pending).remove(&correlation_id);
         match waiter {
             Some(waiter) => {
                 let _ = waiter.send(message.payload().unwrap_or_default().to_vec());

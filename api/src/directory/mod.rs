@@ -18,7 +18,7 @@ mod in_process;
 mod kafka;
 
 pub use in_process::InProcessTransport;
-pub use kafka::KafkaTransport;
+pub use kafka::{KafkaTransport, RpcTiming};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
