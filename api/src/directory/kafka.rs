@@ -192,10 +192,10 @@ impl ReplyReader {
         let total: i32 = self.assigned.values().sum();
         self.assigned_total
             .store(usize::try_from(total).unwrap_or(0), Ordering::Release);
-        if added.count() > 0 {
-            if let Err(error) = self.consumer.incremental_assign(&added) {
-                tracing::warn!(%error, "could not assign new reply partitions");
-            }
+        if added.count() > 0
+            && let Err(error) = self.consumer.incremental_assign(&added)
+        {
+            tracing::warn!(%error, "could not assign new reply partitions");
         }
     }
 }
