@@ -28,32 +28,30 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// The reply deadline the API gets in tests: short, so "dbproc is down" answers fast.
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// One running API process-in-a-task.
-pub struct RunningApi {
+/// A binary's app running in a task of this process, stopped through its cancellation token.
+pub struct Running {
+    /// The HTTP address: the API's port, or dbproc's metrics port.
     pub addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
-impl RunningApi {
+impl Running {
+    /// Runs `app` until its token is cancelled.
+    fn spawn<F>(addr: SocketAddr, app: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app(stop.clone()));
+        Self { addr, stop, task }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
-/// One running dbproc.
-pub struct RunningDbproc {
-    pub metrics_addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl RunningDbproc {
+    /// Cancels the app and waits for it to finish (at most [`PATIENCE`]).
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(PATIENCE, self.task).await;
@@ -66,8 +64,8 @@ pub struct TestEnv {
     pub prefix: String,
     pub smtp: SmtpCapture,
     pub database: Option<TestDatabase>,
-    pub apis: Vec<RunningApi>,
-    pub dbproc: Option<RunningDbproc>,
+    pub apis: Vec<Running>,
+    pub dbproc: Option<Running>,
     embedded_db: String,
     options: Options,
 }
@@ -142,7 +140,7 @@ impl TestEnv {
         env
     }
 
-    pub fn api(&self) -> &RunningApi {
+    pub fn api(&self) -> &Running {
         &self.apis[0]
     }
 
@@ -198,29 +196,23 @@ impl TestEnv {
     }
 
     /// Starts another API instance with the same settings (same topics, same Redis keys).
-    pub async fn spawn_api(&self) -> RunningApi {
+    pub async fn spawn_api(&self) -> Running {
         let config = broker_auth_api::Config::parse_from(self.api_args());
         let app = broker_auth_api::App::build(config)
             .await
             .expect("the API starts");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                app.run_until_stopped(stop.cancelled_owned())
-                    .await
-                    .expect("the API runs");
-            }
+        let api = Running::spawn(app.local_addr(), |stop| async move {
+            app.run_until_stopped(stop.cancelled_owned())
+                .await
+                .expect("the API runs");
         });
-        let api = RunningApi { addr, stop, task };
         wait_until_ok(&api.url("/readyz")).await;
         api
     }
 
     /// Starts dbproc against this test's database, topics and SMTP capture, and waits until it
     /// reports ready (consumers assigned).
-    pub async fn spawn_dbproc(&self) -> RunningDbproc {
+    pub async fn spawn_dbproc(&self) -> Running {
         let database = self
             .database
             .as_ref()
@@ -255,20 +247,11 @@ impl TestEnv {
         let app = broker_auth_dbproc::App::build(config)
             .await
             .expect("dbproc starts");
-        let metrics_addr = app.metrics_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                app.run(stop).await.expect("dbproc runs");
-            }
+        let dbproc = Running::spawn(app.metrics_addr(), |stop| async move {
+            app.run(stop).await.expect("dbproc runs");
         });
-        wait_until_ok(&format!("http://{metrics_addr}/readyz")).await;
-        RunningDbproc {
-            metrics_addr,
-            stop,
-            task,
-        }
+        wait_until_ok(&dbproc.url("/readyz")).await;
+        dbproc
     }
 
     /// A fresh address no other test uses.
@@ -345,7 +328,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(api: &RunningApi) -> Self {
+    pub fn new(api: &Running) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .cookie_store(true)
@@ -357,7 +340,7 @@ impl Client {
     }
 
     /// The same cookie jar, pointed at another API instance.
-    pub fn at(&self, api: &RunningApi) -> Self {
+    pub fn at(&self, api: &Running) -> Self {
         Self {
             http: self.http.clone(),
             base: api.url("/api/v1/auth"),
