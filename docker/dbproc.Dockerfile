@@ -30,9 +30,15 @@ COPY . .
 RUN cargo build --release --locked --bin broker-auth-dbproc \
     && cp target/release/broker-auth-dbproc /usr/local/bin/broker-auth-dbproc
 
-# distroless/cc: glibc, libgcc, libssl3 and CA certificates; no shell, no package manager.
-# The :nonroot variant runs as uid/gid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+# Debian 12 slim, like the build stage: it has glibc, libgcc_s and zlib (librdkafka links libz.so.1); libssl3
+# (librdkafka's and lettre's OpenSSL) and the CA certificates are added. distroless/cc-debian12 ships no zlib, so the
+# binary would not start there. The user is distroless's "nonroot" (65532), which the pods' securityContext names.
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 65532 nonroot \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
 LABEL org.opencontainers.image.source="https://github.com/cfdbroker/broker-auth" \
       org.opencontainers.image.title="broker-auth-dbproc" \
       org.opencontainers.image.licenses="Apache-2.0"

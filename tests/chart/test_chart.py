@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import textwrap
 from typing import Any
 
 import helm_python as helm
@@ -406,6 +408,45 @@ def test_notes_say_what_to_apply_next() -> None:
     with helm.Chart.load(CHART_DIR) as chart:
         notes = chart.render({}, name=RELEASE_NAME, namespace=NAMESPACE)["broker-auth/templates/NOTES.txt"]
     assert "kubectl apply" in notes and "BrokerAuth" in notes
+
+
+def _notes_brokerauth(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """NOTES.txt rendered for `values`, and the BrokerAuth in its `cat <<'EOF' | kubectl apply` block."""
+    with helm.Chart.load(CHART_DIR) as chart:
+        notes = chart.render(copy.deepcopy(values), name=RELEASE_NAME, namespace=NAMESPACE)[
+            "broker-auth/templates/NOTES.txt"
+        ]
+    block = re.search(r"cat <<'EOF' \| kubectl -n \S+ apply -f -\n(.*?)\n\s*EOF\n", notes, re.S)
+    assert block, notes
+    return notes, yaml.safe_load(textwrap.dedent(block.group(1)))
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "keda-route", "metrics-route-off", "cert-manager"])
+def test_the_brokerauth_in_the_notes_works_with_what_the_chart_created(value_set: str) -> None:
+    # `helm install` with these values, then the BrokerAuth NOTES.txt prints: every Secret and key it names must be
+    # one the chart created (or one the notes tell you to create), and dbproc must get every setting it requires.
+    values = {k: v for k, v in VALUE_SETS[value_set].items() if k != "brokerAuth"}
+    notes, ba = _notes_brokerauth(values)
+    jsonschema.validate(ba, crd_schema(load_crd()))
+    rendered = render(values)
+    secrets = {s["metadata"]["name"]: s.get("stringData", {}) for s in rendered.of_kind("Secret")}
+    told_to_create = set(re.findall(r"kubectl -n \S+ create secret generic (\S+) --from-literal=(\w+)=", notes))
+    for field, ref in ba["spec"]["secrets"].items():
+        assert ref["name"] in secrets or (ref["name"], ref["key"]) in told_to_create, f"{field}: {ref} is nowhere"
+        if ref["name"] in secrets:
+            assert ref["key"] in secrets[ref["name"]], f"{field}: Secret {ref['name']} has no key {ref['key']}"
+    assert not {name for name, _ in told_to_create} & set(secrets), "the notes would create a Secret the chart owns"
+    # dbproc has no default for MAIL_FROM and the operator passes it only when spec.dbproc.mailFrom is set.
+    assert ba["spec"]["dbproc"]["mailFrom"]
+    assert ba["spec"]["kafka"]["bootstrapServers"] == f"{RELEASE_NAME}-kafka.{NAMESPACE}.svc:9092"
+    expected_provider = "Keda" if values.get("metricsRoute") == "keda" else "Operator"
+    assert ba["spec"].get("autoscaling", {}).get("provider", "Operator") == expected_provider
+
+
+def test_the_notes_use_the_chart_smtp_secret_when_one_is_configured() -> None:
+    notes, ba = _notes_brokerauth({"smtp": {"url": "smtp://mailpit.mail.svc:1025"}})
+    assert "create secret" not in notes
+    assert ba["spec"]["secrets"]["smtpUrl"] == {"name": f"{RELEASE_NAME}-smtp", "key": "SMTP_URL"}
 
 
 IANA_SVC_NAME = re.compile(r"(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*")

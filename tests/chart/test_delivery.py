@@ -70,6 +70,20 @@ def test_ci_runs_the_required_checks() -> None:
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
+    kafka_env = services["kafka"]["env"]
+    for name in ("CLUSTER_ID", "KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_CONTROLLER_QUORUM_VOTERS",
+                 "KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS", "KAFKA_CONTROLLER_LISTENER_NAMES"):
+        assert name in kafka_env, f"the Kafka service container needs {name} (KRaft)"
+    assert jobs["test"]["env"]["KAFKA_BROKERS"] in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    # scripts/test runs the Chromium walkthrough: it needs tests/browser's packages and a Chromium binary.
+    test_steps = jobs["test"]["steps"]
+    test_runs = "\n".join(step.get("run", "") for step in test_steps)
+    assert any(step.get("uses", "").startswith("actions/setup-node@") for step in test_steps)
+    assert any("npm ci" in step.get("run", "") and step.get("working-directory") == "tests/browser"
+               for step in test_steps)
+    assert "CHROMIUM_PATH=" in test_runs
+    walkthrough = (REPO_ROOT / "tests" / "browser" / "walkthrough.test.mjs").read_text()
+    assert "process.env.CHROMIUM_PATH" in walkthrough
     images = [s for s in jobs["images"]["steps"] if s.get("uses", "").startswith("docker/build-push-action@")]
     assert images and images[0]["with"]["file"] == "docker/${{ matrix.component }}.Dockerfile"
     assert jobs["images"]["strategy"]["matrix"]["component"] == sorted(DOCKERFILES)
@@ -133,7 +147,47 @@ def test_dockerfile_builds_the_binary_in_stages_and_runs_it_unprivileged(compone
     assert re.search(r"^USER\s+(?!0\b|root\b)\S+", runtime, flags=re.MULTILINE), "the final image must not run as root"
     assert f'ENTRYPOINT ["/usr/local/bin/{binary}"]' in runtime
     # Build and runtime share Debian 12 so glibc and libssl3 match the dynamically linked binary.
-    assert "bookworm" in stages[0][0] and "debian12" in stages[-1][0]
+    assert "bookworm" in stages[0][0] and "bookworm" in stages[-1][0]
+    for package in ("ca-certificates", "libssl3"):
+        assert re.search(rf"apt-get install[^\n]*\b{package}\b", runtime), f"the runtime image needs {package}"
+
+
+# Shared libraries debian:bookworm-slim already has (its required packages), by soname.
+BOOKWORM_SLIM_LIBRARIES = {
+    "linux-vdso.so.1": "kernel",
+    "libc.so.6": "libc6",
+    "libm.so.6": "libc6",
+    "ld-linux-x86-64.so.2": "libc6",
+    "ld-linux-aarch64.so.1": "libc6",
+    "libgcc_s.so.1": "libgcc-s1",
+    "libz.so.1": "zlib1g",
+    "libzstd.so.1": "libzstd1",
+    "liblzma.so.5": "liblzma5",
+    "libstdc++.so.6": "libstdc++6",
+}
+# Libraries the runtime stage installs, by soname.
+INSTALLED_LIBRARIES = {"libssl.so.3": "libssl3", "libcrypto.so.3": "libssl3"}
+
+
+@pytest.mark.parametrize("component", sorted(DOCKERFILES))
+def test_the_runtime_image_has_every_library_the_binary_links(component: str) -> None:
+    # The binaries link librdkafka's and lettre's dependencies dynamically; a library missing from the final
+    # image only shows when the pod starts. This reads what the locally built binary really links.
+    binary = next(
+        (p for p in (REPO_ROOT / "target" / d / f"broker-auth-{component}" for d in ("release", "debug")) if p.is_file()),
+        None,
+    )
+    if binary is None:
+        pytest.skip(f"broker-auth-{component} is not built (scripts/test builds it first; or `cargo build --workspace`)")
+    result = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True)
+    sonames = {Path(line.split()[0]).name for line in result.stdout.splitlines() if line.strip()}
+    runtime = DOCKERFILES[component].read_text().rsplit("FROM", 1)[1]
+    for soname in sonames:
+        if soname in BOOKWORM_SLIM_LIBRARIES:
+            continue
+        package = INSTALLED_LIBRARIES.get(soname)
+        assert package, f"{binary.name} links {soname}, which the runtime image is not known to have"
+        assert re.search(rf"apt-get install[^\n]*\b{re.escape(package)}\b", runtime), f"{soname}: install {package}"
 
 
 def test_dockerignore_keeps_the_build_context_small_but_complete() -> None:
