@@ -221,6 +221,9 @@ def test_every_pod_meets_the_restricted_pod_security_standard(rendered: Rendered
                 assert not context.get("capabilities", {}).get("add"), where
                 assert context.get("privileged") is not True, where
                 assert "resources" in container and container["resources"].get("limits"), f"{where} has no limits"
+                # Beyond the restricted standard: writable paths are explicit volumes.
+                assert context.get("readOnlyRootFilesystem") is True, f"{where}/{container['name']}: writable root"
+            for container in pod["containers"]:  # init containers cannot have probes
                 assert container.get("readinessProbe") and container.get("livenessProbe"), f"{where} lacks probes"
 
 
@@ -264,6 +267,26 @@ def test_kafka_runs_kraft_with_a_quorum_of_every_replica(rendered_sets: dict[str
         assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]["value"] == str(min(replicas, 3))
         # Service links would inject KAFKA_-prefixed variables that the image turns into broker properties.
         assert sts["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_kafka_runs_with_a_read_only_root_and_writes_only_to_its_volumes(rendered_sets: dict[str, Rendered]) -> None:
+    sts = rendered_sets["defaults"].one("StatefulSet", f"{RELEASE_NAME}-kafka")
+    pod = sts["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    kafka = pod["containers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in kafka["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    # The image's start script renders server.properties and copies log4j files into /opt/kafka/config.
+    assert "emptyDir" in volumes[mounts["/opt/kafka/config"]]
+    seed = pod["initContainers"][0]
+    assert seed["image"] == kafka["image"]
+    assert {m["name"] for m in seed["volumeMounts"]} == {mounts["/opt/kafka/config"]}
+    # kafka-run-class.sh logs under LOG_DIR; the JVM keeps hsperfdata in /tmp.
+    assert "emptyDir" in volumes[mounts[env["LOG_DIR"]]]
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The partitions live on the PVC, in a subdirectory (the volume root may hold lost+found).
+    data = [p for p, name in mounts.items() if name == "data"]
+    assert data and env["KAFKA_LOG_DIRS"].startswith(data[0] + "/")
 
 
 def test_generated_secrets_are_read_back_from_the_release_with_lookup() -> None:
