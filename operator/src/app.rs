@@ -21,10 +21,12 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_review::SubjectAccessReviewer;
 use crate::config::Config;
 use crate::crd::BrokerAuth;
 use crate::error::{Error, Result};
 use crate::external_metrics::{self, ExternalMetricsState};
+use crate::front_proxy::{self, FrontProxyTrust};
 use crate::kafka::{KafkaAdmin, RdKafkaAdmin};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
@@ -73,7 +75,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
 
-    serve_external_metrics(&config, store, kafka.clone(), shutdown.clone()).await?;
+    serve_external_metrics(&config, &client, store, kafka.clone(), shutdown.clone()).await?;
 
     let holder = config
         .pod_name
@@ -201,6 +203,7 @@ where
 
 async fn serve_external_metrics(
     config: &Config,
+    client: &Client,
     store: Store<BrokerAuth>,
     kafka: Arc<dyn KafkaAdmin>,
     shutdown: CancellationToken,
@@ -234,11 +237,22 @@ async fn serve_external_metrics(
     }
     let listener = TcpListener::bind(config.external_metrics_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving external.metrics.k8s.io over HTTPS");
+    let front_proxy = FrontProxyTrust::unconfigured();
+    tokio::spawn(front_proxy::keep_loaded(
+        front_proxy.clone(),
+        client.clone(),
+        // The kube-apiserver rotates its front-proxy CA rarely; a few minutes' lag is harmless
+        // because the old CA stays valid during a rotation.
+        Duration::from_secs(300),
+        shutdown.clone(),
+    ));
     let router = external_metrics::router(ExternalMetricsState {
         brokerauths: store,
         kafka,
+        front_proxy: front_proxy.clone(),
+        access: Arc::new(SubjectAccessReviewer::new(client.clone())),
     });
-    let server_config = tls::server_config(cert)?;
+    let server_config = tls::server_config(cert, front_proxy)?;
     tokio::spawn(async move {
         if let Err(error) = tls::serve_tls(listener, server_config, router, shutdown).await {
             tracing::error!(%error, "external metrics server failed");

@@ -22,6 +22,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("aggregator authentication: {0}")]
+    FrontProxy(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("lost the leader lease to another replica")]
@@ -47,6 +49,7 @@ impl Error {
             Error::Serialize(_) => "serialize",
             Error::Finalizer(_) => "finalizer",
             Error::Tls(_) => "tls",
+            Error::FrontProxy(_) => "front_proxy",
             Error::Join(_) => "join",
             Error::LostLeadership => "lost_leadership",
             Error::Io(_) => "io",

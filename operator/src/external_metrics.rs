@@ -1,12 +1,17 @@
 //! The `external.metrics.k8s.io/v1beta1` API the HPA reads dbproc's lag from, served behind an
 //! APIService. One metric, [`LAG_METRIC`], selected by the [`INSTANCE_LABEL`] label.
+//!
+//! Metric values are served only to a user the aggregator vouches for (see [`crate::front_proxy`])
+//! and the kube-apiserver authorizes (see [`crate::access_review`]). Discovery, OpenAPI and
+//! health documents are static and open: the aggregator's availability check reads discovery
+//! without naming a user.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::jiff::Timestamp;
@@ -15,10 +20,14 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::access_review::SubjectAccessReviewer;
 use crate::crd::BrokerAuth;
+use crate::front_proxy::{FrontProxyTrust, VerifiedClientCert};
 use crate::kafka::KafkaAdmin;
+use crate::reconcile::measure_lag;
 use crate::resources::{INSTANCE_LABEL, LAG_METRIC};
 
+pub const GROUP: &str = "external.metrics.k8s.io";
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
 
 #[derive(Clone)]
@@ -26,6 +35,10 @@ pub struct ExternalMetricsState {
     /// BrokerAuths as the watch last saw them.
     pub brokerauths: Store<BrokerAuth>,
     pub kafka: Arc<dyn KafkaAdmin>,
+    /// Who may speak for a user (the aggregator's proxy certificate).
+    pub front_proxy: Arc<FrontProxyTrust>,
+    /// Whether that user may read a metric.
+    pub access: Arc<SubjectAccessReviewer>,
 }
 
 pub fn router(state: ExternalMetricsState) -> Router {
@@ -112,7 +125,48 @@ async fn metric_values(
     State(state): State<ExternalMetricsState>,
     Path((namespace, metric)): Path<(String, String)>,
     Query(query): Query<MetricQuery>,
+    client_cert: Option<Extension<VerifiedClientCert>>,
+    headers: HeaderMap,
 ) -> Response {
+    let user = match state
+        .front_proxy
+        .authenticate(client_cert.as_ref().map(|c| &c.0), &headers)
+    {
+        Ok(user) => user,
+        Err(reason) => {
+            tracing::debug!(%reason, "unauthenticated external metrics request");
+            return status_error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized".into(),
+            );
+        }
+    };
+    match state
+        .access
+        .may_read_metric(&user, &namespace, &metric)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return status_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "user {:?} cannot get {GROUP}/{metric} in namespace {namespace:?}",
+                    user.name
+                ),
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "SubjectAccessReview failed");
+            return status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "could not authorize the request".into(),
+            );
+        }
+    }
     if metric != LAG_METRIC {
         return status_error(
             StatusCode::NOT_FOUND,
@@ -171,24 +225,10 @@ async fn metric_values(
 async fn lag_item(state: &ExternalMetricsState, namespace: &str, ba: &BrokerAuth) -> Option<Value> {
     let name = ba.name_any();
     let topics = broker_auth_contract::Topics::for_deployment(namespace, &name).ok()?;
-    let mut settings =
-        broker_auth_kafka::KafkaSettings::new(ba.spec.kafka.bootstrap_servers.clone());
-    settings.topic_partitions = crate::resources::topic_partitions(&ba.spec);
-    let lag = state
-        .kafka
-        .consumer_lag(
-            &settings,
-            &topics.dbproc_group(),
-            &topics.request_topics(),
-            ba.spec.autoscaling.uncommitted_partitions,
-        )
+    let (_, value) = measure_lag(state.kafka.as_ref(), ba, &topics)
         .await
         .inspect_err(|error| tracing::warn!(%namespace, %name, %error, "lag measurement failed"))
         .ok()?;
-    let value = lag.metric_value(
-        ba.spec.dbproc.lag_per_replica,
-        ba.spec.autoscaling.cap_lag_at_partitions,
-    );
     Some(json!({
         "metricName": LAG_METRIC,
         "metricLabels": {INSTANCE_LABEL: name},

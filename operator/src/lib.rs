@@ -1,11 +1,13 @@
 //! The BrokerAuth operator: reconciles a `BrokerAuth` into the api and dbproc tiers, keeps their
 //! Kafka topics, and serves dbproc's consumer lag to the HPA through the external metrics API.
 
+pub mod access_review;
 pub mod app;
 pub mod config;
 pub mod crd;
 pub mod error;
 pub mod external_metrics;
+pub mod front_proxy;
 pub mod kafka;
 pub mod lag;
 pub mod leader;

@@ -119,11 +119,34 @@ pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
     problems
 }
 
-fn kafka_settings(ba: &BrokerAuth) -> KafkaSettings {
+/// How the operator reaches the BrokerAuth's Kafka, and the topics it creates there.
+pub fn kafka_settings(ba: &BrokerAuth) -> KafkaSettings {
     let mut settings = KafkaSettings::new(ba.spec.kafka.bootstrap_servers.clone());
     settings.topic_partitions = resources::topic_partitions(&ba.spec);
     settings.replication_factor = ba.spec.kafka.replication_factor;
     settings
+}
+
+/// dbproc's lag over its request topics: the total, and the value the autoscaler sees (capped
+/// per the spec). Reconcile shows the first in status; the external metrics API serves the second.
+pub async fn measure_lag(
+    kafka: &dyn KafkaAdmin,
+    ba: &BrokerAuth,
+    topics: &Topics,
+) -> Result<(i64, i64)> {
+    let lag = kafka
+        .consumer_lag(
+            &kafka_settings(ba),
+            &topics.dbproc_group(),
+            &topics.request_topics(),
+            ba.spec.autoscaling.uncommitted_partitions,
+        )
+        .await?;
+    let value = lag.metric_value(
+        ba.spec.dbproc.lag_per_replica,
+        ba.spec.autoscaling.cap_lag_at_partitions,
+    );
+    Ok((lag.total(), value))
 }
 
 /// Outcome of one pass, turned into status.
@@ -231,21 +254,8 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
     delete_obsolete_autoscaler(ba, namespace, &ctx.client).await?;
 
     if observed.kafka_problem.is_none() {
-        match ctx
-            .kafka
-            .consumer_lag(
-                &settings,
-                &topics.dbproc_group(),
-                &topics.request_topics(),
-                ba.spec.autoscaling.uncommitted_partitions,
-            )
-            .await
-        {
-            Ok(lag) => {
-                let value = lag.metric_value(
-                    ba.spec.dbproc.lag_per_replica,
-                    ba.spec.autoscaling.cap_lag_at_partitions,
-                );
+        match measure_lag(ctx.kafka.as_ref(), ba, &topics).await {
+            Ok((total, value)) => {
                 ctx.metrics
                     .dbproc_lag
                     .get_or_create(&InstanceLabels {
@@ -253,7 +263,7 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
                         name: name.clone(),
                     })
                     .set(value);
-                observed.lag = Some(lag.total());
+                observed.lag = Some(total);
             }
             Err(error) => {
                 ctx.metrics.record_failure(error.metric_label());

@@ -1,6 +1,7 @@
 //! TLS for the external metrics API: a certificate that is reloaded from disk when it changes
 //! (cert-manager and Secret updates rotate it in place), or a self-signed one when none is
-//! mounted (the APIService then needs `insecureSkipTLSVerify`).
+//! mounted (the APIService then needs `insecureSkipTLSVerify`). Clients are asked for a
+//! certificate, which the front-proxy verifier checks.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,13 +14,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::error::{Error, Result};
+use crate::front_proxy::VerifiedClientCert;
 
 /// A certificate the server presents, swappable while it runs.
 #[derive(Debug)]
@@ -140,18 +144,24 @@ pub async fn reload_on_change(
     }
 }
 
-pub fn server_config(cert: Arc<ReloadableCert>) -> Result<rustls::ServerConfig> {
+/// TLS settings serving `cert` and asking clients for a certificate `client_certs` verifies
+/// (the aggregator's proxy certificate; see [`crate::front_proxy`]).
+pub fn server_config(
+    cert: Arc<ReloadableCert>,
+    client_certs: Arc<dyn ClientCertVerifier>,
+) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_certs)
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// Serves `router` over TLS until `shutdown`, a task per connection.
+/// Serves `router` over TLS until `shutdown`, a task per connection. Requests on a connection
+/// that presented a verified client certificate carry a [`VerifiedClientCert`] extension.
 pub async fn serve_tls(
     listener: TcpListener,
     config: rustls::ServerConfig,
@@ -183,7 +193,19 @@ pub async fn serve_tls(
                     }
                     Err(_) => return,
                 };
-            let service = TowerToHyperService::new(router);
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(VerifiedClientCert::from_chain);
+            let service = TowerToHyperService::new(router.map_request(
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    if let Some(cert) = &client_cert {
+                        request.extensions_mut().insert(cert.clone());
+                    }
+                    request
+                },
+            ));
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {
