@@ -132,6 +132,18 @@ pub struct SecretRefs {
     pub jwt_secret: SecretKeyRef,
 }
 
+impl SecretRefs {
+    /// Every reference, in a fixed order.
+    pub fn all(&self) -> [&SecretKeyRef; 4] {
+        [
+            &self.database_url,
+            &self.redis_url,
+            &self.smtp_url,
+            &self.jwt_secret,
+        ]
+    }
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SecretKeyRef {
     #[schemars(pattern(OBJECT_NAME_PATTERN), length(min = 1, max = 253))]

@@ -316,16 +316,13 @@ async fn secret_versions(
     client: &Client,
 ) -> Result<(BTreeMap<String, String>, Vec<String>)> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let refs = &ba.spec.secrets;
-    let mut names: Vec<&str> = [
-        &refs.database_url,
-        &refs.redis_url,
-        &refs.smtp_url,
-        &refs.jwt_secret,
-    ]
-    .iter()
-    .map(|r| r.name.as_str())
-    .collect();
+    let mut names: Vec<&str> = ba
+        .spec
+        .secrets
+        .all()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     names.sort_unstable();
     names.dedup();
     let mut versions = BTreeMap::new();

@@ -13,7 +13,9 @@ use kube::core::ApiResource;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{BrokerAuth, BrokerAuthSpec, LagMetricsProvider, SecretKeyRef};
+use crate::crd::{
+    BrokerAuth, BrokerAuthSpec, LagMetricsProvider, SecretKeyRef, UncommittedPartitionPolicy,
+};
 
 /// The external metric the dbproc HPA reads; served by this operator.
 pub const LAG_METRIC: &str = "brokerauth-dbproc-lag";
@@ -307,13 +309,7 @@ fn config_hash(
         hasher.update(value.as_bytes());
         hasher.update([0]);
     }
-    let refs = &spec.secrets;
-    for secret in [
-        &refs.database_url,
-        &refs.redis_url,
-        &refs.smtp_url,
-        &refs.jwt_secret,
-    ] {
+    for secret in spec.secrets.all() {
         hasher.update(secret.name.as_bytes());
         hasher.update([0]);
         hasher.update(secret.key.as_bytes());
@@ -529,8 +525,8 @@ fn keda_scaled_object(
     let object_name = Tier::Dbproc.object_name(instance);
     let spec = &ba.spec;
     let offset_reset = match spec.autoscaling.uncommitted_partitions {
-        crate::crd::UncommittedPartitionPolicy::Earliest => "earliest",
-        crate::crd::UncommittedPartitionPolicy::Latest => "latest",
+        UncommittedPartitionPolicy::Earliest => "earliest",
+        UncommittedPartitionPolicy::Latest => "latest",
     };
     ChildObject {
         resource: keda_scaled_object_resource(),
@@ -543,19 +539,25 @@ fn keda_scaled_object(
                 "scaleTargetRef": {"name": object_name},
                 "minReplicaCount": spec.dbproc.min_replicas,
                 "maxReplicaCount": spec.dbproc.max_replicas,
-                // One trigger per request topic would make the HPA take the largest, not the
-                // sum; without `topic` KEDA sums over every topic the group has committed on,
-                // which are exactly the request topics.
-                "triggers": [{
+                // KEDA's `kafka` scaler reads one topic per trigger. Leaving `topic` out is not a
+                // way to cover several: KEDA then looks at every topic the group has committed
+                // on, which misses a request topic dbproc has not committed on yet and, for a
+                // group with no commit at all, counts every topic in the cluster
+                // (kedacore/keda#8104). So: one trigger per request topic, each capped at that
+                // topic's partitions. The HPA scales to the largest trigger, not the sum, so KEDA
+                // mode reacts to the busiest request topic where the operator's own metric sums
+                // all three (see README).
+                "triggers": topics.request_topics().into_iter().map(|topic| json!({
                     "type": "kafka",
                     "metadata": {
                         "bootstrapServers": spec.kafka.bootstrap_servers,
                         "consumerGroup": topics.dbproc_group(),
+                        "topic": topic,
                         "lagThreshold": spec.dbproc.lag_per_replica.to_string(),
                         "offsetResetPolicy": offset_reset,
                         "allowIdleConsumers": (!spec.autoscaling.cap_lag_at_partitions).to_string(),
                     },
-                }],
+                })).collect::<Vec<_>>(),
             },
         }),
     }
