@@ -1,12 +1,14 @@
 //! Leader election on a `coordination.k8s.io` Lease, so two operator replicas never reconcile
 //! at once. Only the leader runs the controller; every replica serves metrics.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -16,6 +18,17 @@ pub struct LeaseLock {
     name: String,
     holder: String,
     duration: Duration,
+    /// The other holder's record as last seen, and when (on this replica's clock).
+    observed: Mutex<Option<Observation>>,
+}
+
+/// Expiry is judged as client-go's leader election judges it: a lease held by someone else has
+/// expired when its record has not changed for `leaseDurationSeconds` *as measured here*, so
+/// clock skew between nodes cannot make a candidate take a lease its holder still renews.
+#[derive(Debug, Clone)]
+struct Observation {
+    record: (Option<String>, Option<MicroTime>, Option<i32>),
+    seen_at: Instant,
 }
 
 fn conflict(error: &kube::Error) -> bool {
@@ -34,6 +47,7 @@ impl LeaseLock {
             name: name.into(),
             holder: holder.into(),
             duration,
+            observed: Mutex::new(None),
         }
     }
 
@@ -41,10 +55,39 @@ impl LeaseLock {
         i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)
     }
 
+    /// Whether `spec`, held by another replica, has gone unrenewed for its whole duration since
+    /// this replica first saw it as it is now.
+    fn expired(&self, spec: &LeaseSpec) -> bool {
+        let record = (
+            spec.holder_identity.clone(),
+            spec.renew_time.clone(),
+            spec.lease_duration_seconds,
+        );
+        let now = Instant::now();
+        let Ok(mut observed) = self.observed.lock() else {
+            return false;
+        };
+        let seen_at = match observed.as_ref() {
+            Some(last) if last.record == record => last.seen_at,
+            _ => {
+                *observed = Some(Observation {
+                    record,
+                    seen_at: now,
+                });
+                now
+            }
+        };
+        let valid_for = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.duration, Duration::from_secs);
+        now.duration_since(seen_at) >= valid_for
+    }
+
     /// Takes the lease if it is free or expired, renews it if it is ours. `Ok(false)` when
     /// someone else holds it (or won a race for it).
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let now = Timestamp::now();
+        let now = MicroTime(Timestamp::now());
         let Some(lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -54,8 +97,8 @@ impl LeaseLock {
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.holder.clone()),
                     lease_duration_seconds: Some(self.duration_seconds()),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
                     lease_transitions: Some(0),
                     ..LeaseSpec::default()
                 }),
@@ -68,14 +111,8 @@ impl LeaseLock {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let ours = spec.holder_identity.as_deref() == Some(self.holder.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(seconds)) => {
-                renewed.0.as_second() + i64::from(seconds) < now.as_second()
-            }
-            _ => true,
-        };
         let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-        if !ours && !expired && !free {
+        if !ours && !free && !self.expired(&spec) {
             return Ok(false);
         }
         let mut updated = lease.clone();
@@ -85,9 +122,9 @@ impl LeaseLock {
             acquire_time: if ours {
                 spec.acquire_time.clone()
             } else {
-                Some(MicroTime(now))
+                Some(now.clone())
             },
-            renew_time: Some(MicroTime(now)),
+            renew_time: Some(now),
             lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!ours)),
             ..spec
         });
@@ -146,14 +183,14 @@ impl LeaseLock {
     /// for as long as the lease would still be valid.
     pub async fn keep_renewing(&self, lost: CancellationToken) {
         let every = self.duration / 3;
-        let mut last_renewed = tokio::time::Instant::now();
+        let mut last_renewed = Instant::now();
         loop {
             tokio::select! {
                 _ = lost.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
             match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(true) => last_renewed = Instant::now(),
                 Ok(false) => {
                     tracing::warn!(lease = %self.name, "lost the lease to another replica");
                     lost.cancel();

@@ -8,6 +8,7 @@
 mod crd;
 mod external_metrics;
 mod lag;
+mod leader;
 mod manifests;
 mod reconcile;
 mod settings;
