@@ -238,6 +238,19 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
                 ));
                 continue;
             }
+            // The API server refused what the spec produced (e.g. a resource quantity the CRD
+            // schema cannot check): retrying cannot help, only a spec change can.
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                // The first rejection is reported; fixing it reveals the next.
+                observed.stalled.get_or_insert((
+                    "ChildRejected".into(),
+                    format!(
+                        "the API server rejected {} {}: {}",
+                        child.resource.kind, child.name, status.message
+                    ),
+                ));
+                continue;
+            }
             Err(error) => return Err(error.into()),
         };
         if child.resource.kind == "Deployment" {
@@ -273,7 +286,9 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
     }
 
     let ready = update_status(ba, namespace, ctx, &observed, Some(&topics)).await?;
-    Ok(if ready && observed.kafka_problem.is_none() {
+    Ok(if observed.stalled.is_some() {
+        Action::await_change()
+    } else if ready && observed.kafka_problem.is_none() {
         // Refresh the lag shown in status now and then; children changes trigger sooner.
         Action::requeue(Duration::from_secs(60))
     } else {
@@ -283,24 +298,25 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
 
 async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action> {
     // Child objects go with the BrokerAuth through their owner references; only Kafka is ours.
-    if ba.spec.kafka.delete_topics_on_delete {
-        let topics = Topics::for_deployment(namespace, &ba.name_any())?;
-        if let Err(error) = ctx
+    // A name no topics can be derived from never had topics; failing here would keep the
+    // finalizer, and the BrokerAuth, forever.
+    let topics = Topics::for_deployment(namespace, &ba.name_any()).ok();
+    if let (true, Some(topics)) = (ba.spec.kafka.delete_topics_on_delete, topics)
+        && let Err(error) = ctx
             .kafka
             .delete_topics(&kafka_settings(ba), &topics.all())
             .await
-        {
-            // Never hold the BrokerAuth hostage to an unreachable Kafka.
-            warn!(%error, "could not delete topics; leaving them");
-            publish(
-                ctx,
-                ba,
-                EventType::Warning,
-                "TopicsNotDeleted",
-                &format!("topics with prefix {} were left: {error}", topics.prefix()),
-            )
-            .await;
-        }
+    {
+        // Never hold the BrokerAuth hostage to an unreachable Kafka.
+        warn!(%error, "could not delete topics; leaving them");
+        publish(
+            ctx,
+            ba,
+            EventType::Warning,
+            "TopicsNotDeleted",
+            &format!("topics with prefix {} were left: {error}", topics.prefix()),
+        )
+        .await;
     }
     ctx.metrics.dbproc_lag.remove(&InstanceLabels {
         namespace: namespace.to_owned(),

@@ -83,6 +83,8 @@ struct Recorded {
 struct ApiServer {
     brokerauth: BrokerAuth,
     missing_secrets: bool,
+    /// Kind whose apply the server refuses as invalid (422).
+    rejected_kind: Option<&'static str>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -121,6 +123,13 @@ impl ApiServer {
                 json_response(StatusCode::OK, &merged)
             }
             "PATCH" if path.contains("/brokerauths/") => json_response(StatusCode::OK, &ba),
+            "PATCH" if self.rejected_kind.is_some_and(|kind| body["kind"] == kind) => {
+                json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                            "message": "Deployment.apps \"auth-api\" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: Invalid value: \"lots\""}),
+                )
+            }
             "PATCH" => {
                 let mut applied = body.clone();
                 applied["metadata"]["generation"] = json!(1);
@@ -203,6 +212,7 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
     let server = ApiServer {
         brokerauth: sample_brokerauth(),
         missing_secrets: false,
+        rejected_kind: None,
     };
     let (requests, calls) = reconcile_once(server, kafka).await;
 
@@ -285,6 +295,7 @@ async fn an_invalid_spec_is_stalled_with_a_message_and_nothing_is_applied() {
         ApiServer {
             brokerauth,
             missing_secrets: false,
+            rejected_kind: None,
         },
         kafka,
     )
@@ -317,6 +328,7 @@ async fn missing_secrets_stall_the_brokerauth_until_they_exist() {
         ApiServer {
             brokerauth: sample_brokerauth(),
             missing_secrets: true,
+            rejected_kind: None,
         },
         kafka,
     )
@@ -352,6 +364,7 @@ async fn too_few_partitions_on_an_existing_topic_is_a_warning_condition() {
         ApiServer {
             brokerauth: sample_brokerauth(),
             missing_secrets: false,
+            rejected_kind: None,
         },
         kafka,
     )
@@ -386,6 +399,7 @@ async fn a_new_brokerauth_first_gets_the_cleanup_finalizer() {
         ApiServer {
             brokerauth,
             missing_secrets: false,
+            rejected_kind: None,
         },
         kafka,
     )
@@ -413,6 +427,7 @@ async fn deleting_a_brokerauth_drops_its_topics_when_asked_and_releases_the_fina
         ApiServer {
             brokerauth,
             missing_secrets: false,
+            rejected_kind: None,
         },
         kafka,
     )
@@ -423,4 +438,72 @@ async fn deleting_a_brokerauth_drops_its_topics_when_asked_and_releases_the_fina
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].method, "PATCH");
     assert!(requests[0].path.ends_with("/brokerauths/auth"));
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_rejects_stalls_the_brokerauth_instead_of_retrying() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, _) = reconcile_once(
+        ApiServer {
+            brokerauth: sample_brokerauth(),
+            missing_secrets: false,
+            rejected_kind: Some("Deployment"),
+        },
+        kafka,
+    )
+    .await;
+    let status = &requests
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    let condition = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone()
+    };
+    let stalled = condition("Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "ChildRejected");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the API server rejected Deployment auth-api: ")
+            && message.contains("requests[cpu]"),
+        "{message}"
+    );
+    assert_eq!(condition("Ready")["status"], "False");
+}
+
+#[tokio::test]
+async fn deleting_a_brokerauth_whose_name_never_had_topics_still_releases_the_finalizer() {
+    // Longer than a topic prefix may be; the BrokerAuth was Stalled and never had topics.
+    let name = "a".repeat(240);
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.metadata.name = Some(name.clone());
+    brokerauth.spec.kafka.delete_topics_on_delete = true;
+    brokerauth.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    assert!(
+        broker_auth_contract::Topics::for_deployment("default", &name).is_err(),
+        "the test needs a name the contract refuses"
+    );
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+            rejected_kind: None,
+        },
+        kafka,
+    )
+    .await;
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].path.ends_with(&format!("/brokerauths/{name}")));
 }
