@@ -18,6 +18,7 @@ from conftest import (
     CHART_CRD_PATH,
     CHART_DIR,
     CRD_PATH,
+    K8S_DIR,
     KUBE_VERSION,
     NAMESPACE,
     RELEASE_NAME,
@@ -185,6 +186,10 @@ def _validate_cert_manager(obj: dict[str, Any], where: str, failures: list[str])
 
 def test_rendered_objects_are_namespaced_into_the_release_or_cluster_scoped(rendered: Rendered) -> None:
     for _, obj in rendered.objects:
+        if obj["kind"] == "RoleBinding" and obj["roleRef"]["name"] == "extension-apiserver-authentication-reader":
+            # The one exception: that Role exists only in kube-system, so its binding must live there.
+            assert obj["metadata"]["namespace"] == "kube-system", obj["metadata"]
+            continue
         assert obj["metadata"].get("namespace") in (None, NAMESPACE), obj["metadata"]
         assert len(obj["metadata"]["name"]) <= 63 or obj["kind"] in {"ClusterRole", "ClusterRoleBinding", "APIService"}
 
@@ -493,3 +498,93 @@ def test_port_names_are_valid_and_services_target_existing_ports(rendered: Rende
             target = port.get("targetPort", port["port"])
             if isinstance(target, str):
                 assert all(target in ports for ports in targets), f"{service['metadata']['name']}: no port {target}"
+
+
+# Roles Kubernetes ships (bootstrap policy), which a binding names without the chart or k8s/ defining them.
+_BUILT_IN_ROLES = {
+    ("ClusterRole", "system:auth-delegator"),
+    ("Role", "extension-apiserver-authentication-reader"),
+}
+_OPERATOR_NAMESPACE = "<operator namespace>"
+
+
+def _operator_grants(objects: list[dict[str, Any]], service_account: str, namespace: str) -> set[tuple[str, ...]]:
+    """What the operator's ServiceAccount may do, as (scope, apiGroup, resource, resourceNames, verb) rows, plus
+    ("bound", scope, kind, name) for each built-in role it is bound to. The operator's own namespace is written
+    as a placeholder, so a chart release and the plain manifests compare equal. A namespaced object without a
+    namespace (a chart template) lands in the operator's namespace, as Helm installs it there."""
+    roles = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", namespace)
+              if o["kind"] == "Role" else None): o for o in objects if o["kind"] in {"Role", "ClusterRole"}}
+    grants: set[tuple[str, ...]] = set()
+    for binding in objects:
+        if binding["kind"] not in {"RoleBinding", "ClusterRoleBinding"}:
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == service_account and s.get("namespace") == namespace
+                   for s in binding.get("subjects", [])):
+            continue
+        binding_ns = binding["metadata"].get("namespace", namespace) if binding["kind"] == "RoleBinding" else None
+        scope = "cluster" if binding["kind"] == "ClusterRoleBinding" else (
+            _OPERATOR_NAMESPACE if binding_ns == namespace else binding_ns)
+        ref = binding["roleRef"]
+        if (ref["kind"], ref["name"]) in _BUILT_IN_ROLES:
+            grants.add(("bound", scope, ref["kind"], ref["name"]))
+            continue
+        role = roles.get((ref["kind"], ref["name"], binding_ns if ref["kind"] == "Role" else None))
+        assert role, f"{binding['kind']} {binding['metadata']['name']} binds the missing {ref['kind']} {ref['name']}"
+        for rule in role["rules"]:
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    for verb in rule["verbs"]:
+                        grants.add((scope, group, resource, ",".join(sorted(rule.get("resourceNames", []))), verb))
+    return grants
+
+
+def _plain_manifests() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc and "kind" in doc)
+    return objects
+
+
+_AGGREGATED_API_SERVER_GRANTS = {
+    # SubjectAccessReviews for every metric read (operator/src/access_review.rs).
+    ("bound", "cluster", "ClusterRole", "system:auth-delegator"),
+    # The front proxy's client CA, from kube-system/extension-apiserver-authentication (operator/src/front_proxy.rs).
+    ("bound", "kube-system", "Role", "extension-apiserver-authentication-reader"),
+}
+
+
+def test_the_chart_grants_the_operator_exactly_what_the_plain_manifests_grant(rendered_sets: dict[str, Rendered]) -> None:
+    plain = _operator_grants(_plain_manifests(), "broker-auth-operator", "broker-auth-system")
+    assert _AGGREGATED_API_SERVER_GRANTS <= plain, "k8s/ lacks the aggregated API server bindings"
+    rendered = rendered_sets["defaults"]
+    service_account = rendered.one("ServiceAccount")["metadata"]["name"]
+    chart = _operator_grants([obj for _, obj in rendered.objects], service_account, NAMESPACE)
+    assert chart == plain, (
+        f"only in the chart: {sorted(chart - plain)}\nonly in k8s/: {sorted(plain - chart)}"
+    )
+
+
+@pytest.mark.parametrize("value_set", ["keda-route", "metrics-route-off"])
+def test_without_the_api_service_the_operator_gets_no_authentication_delegation(
+    rendered_sets: dict[str, Rendered], value_set: str
+) -> None:
+    # Nothing calls the operator's metrics API through the aggregator, so nothing needs authenticating.
+    plain = _operator_grants(_plain_manifests(), "broker-auth-operator", "broker-auth-system")
+    rendered = rendered_sets[value_set]
+    service_account = rendered.one("ServiceAccount")["metadata"]["name"]
+    chart = _operator_grants([obj for _, obj in rendered.objects], service_account, NAMESPACE)
+    assert chart == plain - _AGGREGATED_API_SERVER_GRANTS
+    assert not [b for b in rendered.of_kind("RoleBinding") if b["metadata"].get("namespace") == "kube-system"]
+
+
+def test_the_kube_system_binding_names_the_release_namespace_so_releases_do_not_collide() -> None:
+    names = set()
+    for namespace in ("team-a", "team-b"):
+        with helm.Chart.load(CHART_DIR) as chart:
+            manifests = chart.render({}, name=RELEASE_NAME, namespace=namespace, is_install=True)
+        for document in yaml.safe_load_all(manifests["broker-auth/templates/external-metrics.yaml"]):
+            if document and document["kind"] == "RoleBinding":
+                assert document["metadata"]["namespace"] == "kube-system"
+                names.add(document["metadata"]["name"])
+    assert len(names) == 2, names
