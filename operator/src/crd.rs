@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 /// Registry host (optional port) and path, lower case, as OCI references allow.
@@ -36,6 +36,7 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = require_dbproc)]
 pub struct BrokerAuthSpec {
     pub image: ImageSpec,
     pub kafka: KafkaSpec,
@@ -43,6 +44,7 @@ pub struct BrokerAuthSpec {
     pub secrets: SecretRefs,
     #[serde(default)]
     pub api: ApiSpec,
+    // Required by the schema (for `mailFrom`), lenient here: see `require_property`.
     #[serde(default)]
     pub dbproc: DbprocSpec,
     #[serde(default)]
@@ -211,6 +213,7 @@ fn yes() -> bool {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("dbproc.minReplicas must not exceed dbproc.maxReplicas"))]
+#[schemars(transform = require_mail_from)]
 pub struct DbprocSpec {
     #[serde(default = "default_dbproc_min_replicas")]
     #[schemars(range(min = 1, max = 1000))]
@@ -225,9 +228,11 @@ pub struct DbprocSpec {
     /// Defaults to requests of 100m CPU and 128Mi memory, and a 256Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// `MAIL_FROM` of the mailer, e.g. `Broker <no-reply@example.com>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mail_from: Option<String>,
+    /// `MAIL_FROM` of the mailer, e.g. `Broker <no-reply@example.com>` (required: dbproc has no default).
+    // A String rather than an Option so the schema has no `nullable` to let `mailFrom: null` pass.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(min = 1))]
+    pub mail_from: String,
 }
 
 impl Default for DbprocSpec {
@@ -237,9 +242,41 @@ impl Default for DbprocSpec {
             max_replicas: default_dbproc_max_replicas(),
             lag_per_replica: default_lag_per_replica(),
             resources: None,
-            mail_from: None,
+            mail_from: String::new(),
         }
     }
+}
+
+/// Marks `property` required in an object schema and drops the `default` that its lenient Rust
+/// type produced. The schema is where the requirement is enforced; the Rust types
+/// stay lenient because a BrokerAuth stored before the requirement existed is not re-validated by
+/// the API server, and one object that failed to deserialize would fail the operator's whole
+/// list. Reconcile reports such an object as `Stalled` (`InvalidSpec`) instead.
+fn require_property(schema: &mut Schema, property: &str) {
+    let object = schema.ensure_object();
+    if let Some(definition) = object
+        .get_mut("properties")
+        .and_then(|properties| properties.get_mut(property))
+        .and_then(|definition| definition.as_object_mut())
+    {
+        definition.remove("default");
+    }
+    let required = object
+        .entry("required")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let Some(required) = required.as_array_mut()
+        && !required.iter().any(|name| name == property)
+    {
+        required.push(property.into());
+    }
+}
+
+fn require_dbproc(schema: &mut Schema) {
+    require_property(schema, "dbproc");
+}
+
+fn require_mail_from(schema: &mut Schema) {
+    require_property(schema, "mailFrom");
 }
 
 fn default_dbproc_min_replicas() -> i32 {

@@ -75,7 +75,8 @@ pub fn error_policy(ba: Arc<BrokerAuth>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Problems the schema cannot catch (or that a cluster without CEL let through).
+/// Problems the schema cannot catch (or that a cluster without CEL, or an object stored before
+/// the schema caught them, let through).
 pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let name = ba.name_any();
@@ -101,6 +102,13 @@ pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
                 "{tier}.minReplicas ({min}) must not exceed {tier}.maxReplicas ({max})"
             ));
         }
+    }
+    // The schema requires it, but a BrokerAuth stored before it did is not re-validated.
+    if spec.dbproc.mail_from.trim().is_empty() {
+        problems.push(
+            "dbproc.mailFrom is required: dbproc does not start without a sender address (MAIL_FROM)"
+                .into(),
+        );
     }
     if spec.dbproc.lag_per_replica < 1 {
         problems.push("dbproc.lagPerReplica must be at least 1".into());

@@ -244,10 +244,9 @@ fn settings(spec: &BrokerAuthSpec, topics: &Topics) -> BTreeMap<&'static str, St
         ("COOKIE_SECURE", spec.api.cookie_secure.to_string()),
         ("BCRYPT_COST", spec.api.bcrypt_cost.to_string()),
         ("RUST_LOG", spec.observability.log_level.clone()),
+        // Never empty here: reconcile stalls a spec without one before building any child.
+        ("MAIL_FROM", spec.dbproc.mail_from.clone()),
     ]);
-    if let Some(mail_from) = &spec.dbproc.mail_from {
-        settings.insert("MAIL_FROM", mail_from.clone());
-    }
     if let Some(endpoint) = &spec.observability.otlp_endpoint {
         settings.insert("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone());
     }

@@ -464,7 +464,7 @@ def test_the_brokerauth_in_the_notes_works_with_what_the_chart_created(value_set
         if ref["name"] in secrets:
             assert ref["key"] in secrets[ref["name"]], f"{field}: Secret {ref['name']} has no key {ref['key']}"
     assert not {name for name, _ in told_to_create} & set(secrets), "the notes would create a Secret the chart owns"
-    # dbproc has no default for MAIL_FROM and the operator passes it only when spec.dbproc.mailFrom is set.
+    # dbproc has no default for MAIL_FROM; the CRD requires spec.dbproc.mailFrom (validated above).
     assert ba["spec"]["dbproc"]["mailFrom"]
     assert ba["spec"]["kafka"]["bootstrapServers"] == f"{RELEASE_NAME}-kafka.{NAMESPACE}.svc:9092"
     expected_provider = "Keda" if values.get("metricsRoute") == "keda" else "Operator"
@@ -588,3 +588,19 @@ def test_the_kube_system_binding_names_the_release_namespace_so_releases_do_not_
                 assert document["metadata"]["namespace"] == "kube-system"
                 names.add(document["metadata"]["name"])
     assert len(names) == 2, names
+
+
+def test_the_crd_requires_the_sender_address_dbproc_cannot_start_without() -> None:
+    schema = crd_schema(load_crd())
+    spec = schema["properties"]["spec"]
+    assert "dbproc" in spec["required"]
+    assert "default" not in spec["properties"]["dbproc"], "a default dbproc block would lack mailFrom"
+    dbproc = spec["properties"]["dbproc"]
+    assert "mailFrom" in dbproc["required"]
+    assert dbproc["properties"]["mailFrom"].get("minLength") == 1
+    assert not dbproc["properties"]["mailFrom"].get("nullable")
+    ba = render(VALUE_SETS["brokerauth-from-values"]).one("BrokerAuth")
+    jsonschema.validate(ba, schema)
+    del ba["spec"]["dbproc"]["mailFrom"]
+    with pytest.raises(jsonschema.ValidationError, match="mailFrom"):
+        jsonschema.validate(ba, schema)

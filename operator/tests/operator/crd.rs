@@ -117,6 +117,16 @@ fn the_crd_schema_refuses_what_it_can() {
             "    lagPerReplica: 50",
             "    lagPerReplica: 50\n    unknownField: 1",
         ),
+        // dbproc does not start without MAIL_FROM, so neither it nor the dbproc block may be left out.
+        ("    mailFrom: \"Broker <no-reply@example.com>\"\n", ""),
+        (
+            "    mailFrom: \"Broker <no-reply@example.com>\"",
+            "    mailFrom: \"\"",
+        ),
+        (
+            "  dbproc:\n    minReplicas: 1\n    maxReplicas: 6\n    lagPerReplica: 50\n    mailFrom: \"Broker <no-reply@example.com>\"\n",
+            "",
+        ),
     ] {
         assert!(text.contains(from), "{from}");
         let invalid = text.replacen(from, to, 1);

@@ -322,6 +322,37 @@ async fn an_invalid_spec_is_stalled_with_a_message_and_nothing_is_applied() {
 }
 
 #[tokio::test]
+async fn a_brokerauth_stored_without_mail_from_is_stalled_instead_of_crash_looping_dbproc() {
+    // The schema requires mailFrom, but the API server does not re-validate objects stored before it did.
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.spec.dbproc.mail_from = String::new();
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+            rejected_kind: None,
+        },
+        Arc::new(FakeKafka::default()),
+    )
+    .await;
+    assert!(calls.is_empty(), "Kafka was touched: {calls:?}");
+    let patches: Vec<&Recorded> = requests.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(patches.len(), 1, "only the status is written");
+    let stalled = patches[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()
+        .clone();
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert_eq!(
+        stalled["message"],
+        "dbproc.mailFrom is required: dbproc does not start without a sender address (MAIL_FROM)"
+    );
+}
+
+#[tokio::test]
 async fn missing_secrets_stall_the_brokerauth_until_they_exist() {
     let kafka = Arc::new(FakeKafka::default());
     let (requests, calls) = reconcile_once(
