@@ -27,10 +27,6 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the database migrations, then consume requests and mail until stopped (default).
-    #[command(
-        after_help = "`broker-auth-dbproc migrate` applies the database migrations and \
-                            exits (it needs only DATABASE_URL)."
-    )]
     Serve(Config),
     /// Apply the database migrations and exit.
     Migrate(MigrateConfig),
@@ -166,6 +162,32 @@ impl Config {
         settings
     }
 
+    /// The longest one mail can be held: every attempt timing out plus every backoff between
+    /// attempts.
+    pub fn mail_worst_case_hold(&self) -> Duration {
+        let retry = self.mail_retry();
+        let waits: Duration = (1..self.mail_max_attempts).map(|a| retry.delay(a)).sum();
+        waits + broker_auth_mail::SMTP_TIMEOUT * self.mail_max_attempts
+    }
+
+    /// Checks what single settings cannot: a mail held longer than Kafka lets a consumer go
+    /// without polling would cost the mail consumer its partitions and get the mail sent twice.
+    pub fn validate(&self) -> Result<(), String> {
+        let hold = self.mail_worst_case_hold();
+        let limit = Duration::from_millis(crate::consumer::MAX_POLL_INTERVAL_MS);
+        if hold >= limit {
+            return Err(format!(
+                "MAIL_MAX_ATTEMPTS, MAIL_RETRY_INITIAL_MS and MAIL_RETRY_MAX_MS let one mail be \
+                 retried for up to {} s (attempts x {} s SMTP timeout + backoff), at least the {} s \
+                 a Kafka consumer may go without polling; lower the attempts or the delays",
+                hold.as_secs(),
+                broker_auth_mail::SMTP_TIMEOUT.as_secs(),
+                limit.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn mail_retry(&self) -> crate::backoff::Backoff {
         crate::backoff::Backoff::new(
             Duration::from_millis(self.mail_retry_initial_ms),
@@ -271,6 +293,28 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("--database-url"), "{line}");
+    }
+
+    #[test]
+    fn the_default_mail_retry_schedule_fits_between_polls() {
+        let Command::Serve(config) = parse(&REQUIRED[..5]).unwrap().command else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.mail_max_attempts, 8);
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.mail_worst_case_hold() < Duration::from_secs(150));
+    }
+
+    #[test]
+    fn a_mail_retry_schedule_longer_than_the_poll_interval_is_refused() {
+        let mut args = REQUIRED.to_vec();
+        args[7] = "--mail-max-attempts=20";
+        let Command::Serve(config) = parse(&args).unwrap().command else {
+            panic!("expected serve");
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("MAIL_MAX_ATTEMPTS"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
     }
 
     #[test]

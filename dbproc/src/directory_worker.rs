@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use broker_auth_contract::{DirectoryReply, DirectoryRequest, RequestKind, Topics, headers};
 use broker_auth_kafka::header_str;
 use broker_auth_kafka::rdkafka::Message;
-use broker_auth_kafka::rdkafka::consumer::StreamConsumer;
 use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use broker_auth_user_store::UserDirectory;
 use tokio_util::sync::CancellationToken;
@@ -14,14 +13,15 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
+use crate::consumer::{self, ConsumerName, GroupConsumer};
 use crate::metrics::{DeadLetterLabels, KindLabels, Metrics, RequestLabels};
-use crate::records::{self, Interrupted, Outbox};
+use crate::outbox::{Interrupted, Outbox};
 
 /// The rejection code sent when the database failed in a way retrying will not fix.
 pub const INTERNAL_ERROR: &str = "internal_error";
 
 pub struct DirectoryWorker {
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<GroupConsumer>,
     pub outbox: Outbox,
     pub directory: UserDirectory,
     pub topics: Topics,
@@ -85,7 +85,7 @@ impl DirectoryWorker {
             if self.process(&message, &shutdown).await.is_err() {
                 break;
             }
-            records::commit(&self.consumer, &message);
+            consumer::commit(&self.consumer, &message);
         }
     }
 
@@ -249,6 +249,7 @@ impl DirectoryWorker {
         shutdown: &CancellationToken,
     ) -> Result<Option<DirectoryReply>, Interrupted> {
         let mut attempt = 0;
+        let mut retrying = None;
         loop {
             attempt += 1;
             let handled = tokio::select! {
@@ -259,6 +260,9 @@ impl DirectoryWorker {
                 Ok(reply) => return Ok(Some(reply)),
                 Err(error) if error.is_transient() => {
                     self.metrics.store_retries.inc();
+                    retrying.get_or_insert_with(|| {
+                        self.metrics.retrying(ConsumerName::Directory.label())
+                    });
                     let delay = self.store_retry.delay(attempt);
                     tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "user database unavailable; retrying the request");
                     if !self.store_retry.wait(attempt, shutdown).await {
@@ -294,7 +298,7 @@ impl DirectoryWorker {
         self.metrics
             .dead_lettered
             .get_or_create(&DeadLetterLabels {
-                consumer: "directory",
+                consumer: ConsumerName::Directory.label(),
                 reason: undeliverable.code,
             })
             .inc();

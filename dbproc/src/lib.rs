@@ -9,32 +9,36 @@
 
 pub mod backoff;
 pub mod config;
+mod consumer;
 mod directory_worker;
 mod http;
 mod mail_worker;
 mod metrics;
-mod records;
+mod outbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use broker_auth_contract::Topics;
-use broker_auth_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use broker_auth_kafka::rdkafka::consumer::Consumer;
 use broker_auth_kafka::rdkafka::error::KafkaError;
 use broker_auth_mail::{MailError, Mailer, SmtpMailer};
 use broker_auth_user_store::{PostgresUserRepository, StoreError, UserDirectory, UserRepository};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Command, Config, MigrateConfig};
 pub use directory_worker::INTERNAL_ERROR;
 
 use crate::backoff::Backoff;
+use crate::consumer::{ConsumerName, GroupConsumer};
 use crate::directory_worker::DirectoryWorker;
 use crate::mail_worker::MailWorker;
 use crate::metrics::Metrics;
-use crate::records::Outbox;
+use crate::outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +62,13 @@ pub enum Error {
     },
     #[error("the metrics server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error("the {consumer} consumer stopped before shutdown was asked for: {reason}")]
+    ConsumerStopped {
+        consumer: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,8 +87,10 @@ pub async fn migrate(config: &MigrateConfig) -> Result<()> {
 pub struct App {
     topics: Topics,
     repository: Arc<PostgresUserRepository>,
-    directory_consumer: Arc<StreamConsumer>,
-    mail_consumer: Arc<StreamConsumer>,
+    directory_consumer: Arc<GroupConsumer>,
+    directory_joined: Arc<AtomicBool>,
+    mail_consumer: Arc<GroupConsumer>,
+    mail_joined: Arc<AtomicBool>,
     outbox: Outbox,
     mailer: Arc<dyn Mailer>,
     metrics: Arc<Metrics>,
@@ -98,7 +111,14 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self> {
+        config.validate().map_err(Error::Settings)?;
         let topics = config.topics().clone();
+        // No I/O yet: a malformed SMTP_URL stops the start before anything is touched.
+        let mailer: Arc<dyn Mailer> = Arc::new(SmtpMailer::from_url(
+            &config.smtp_url,
+            config.mail_from.clone(),
+        )?);
+        let metrics = Arc::new(Metrics::default());
         let repository = Arc::new(
             PostgresUserRepository::connect(
                 config.database_url.expose_secret(),
@@ -110,20 +130,23 @@ impl App {
 
         let kafka = config.kafka_settings();
         broker_auth_kafka::ensure_topics(&kafka, &topics.all()).await?;
-        let directory_consumer = subscribed(
-            kafka.group_consumer(&topics.dbproc_group())?,
-            &topics.request_topics(),
-        )?;
-        let mail_consumer = subscribed(
-            kafka.group_consumer(&topics.mailer_group())?,
-            &[topics.mail()],
-        )?;
+        let (directory_consumer, directory_joined) = consumer::group_consumer(
+            &kafka,
+            &topics.dbproc_group(),
+            ConsumerName::Directory,
+            metrics.clone(),
+        )
+        .map_err(broker_auth_kafka::Error::from)?;
+        let directory_consumer = subscribed(directory_consumer, &topics.request_topics())?;
+        let (mail_consumer, mail_joined) = consumer::group_consumer(
+            &kafka,
+            &topics.mailer_group(),
+            ConsumerName::Mail,
+            metrics.clone(),
+        )
+        .map_err(broker_auth_kafka::Error::from)?;
+        let mail_consumer = subscribed(mail_consumer, &[topics.mail()])?;
         let outbox = Outbox::new(kafka.producer()?, directory_worker::store_retry());
-
-        let mailer: Arc<dyn Mailer> = Arc::new(SmtpMailer::from_url(
-            &config.smtp_url,
-            config.mail_from.clone(),
-        )?);
 
         let listener = TcpListener::bind(config.metrics_listen)
             .await
@@ -140,10 +163,12 @@ impl App {
             topics,
             repository,
             directory_consumer: Arc::new(directory_consumer),
+            directory_joined,
             mail_consumer: Arc::new(mail_consumer),
+            mail_joined,
             outbox,
             mailer,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             listener,
             metrics_addr,
             mail_max_attempts: config.mail_max_attempts,
@@ -156,18 +181,29 @@ impl App {
         self.metrics_addr
     }
 
-    /// Runs both consumers and the metrics server until `shutdown` is cancelled, then finishes
-    /// or abandons (uncommitted) the records in hand, commits, and leaves the consumer groups.
+    /// Runs both consumers and the metrics server until `shutdown` is cancelled, then abandons
+    /// (uncommitted) the record in hand, commits, and leaves the consumer groups.
+    ///
+    /// A consumer that ends on its own (a panic) stops everything and returns an error, so the
+    /// process exits and Kubernetes restarts it instead of keeping a live pod that consumes
+    /// nothing.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let stop = shutdown.child_token();
         let health = http::HealthState {
             repository: self.repository.clone(),
-            directory_consumer: self.directory_consumer.clone(),
-            mail_consumer: self.mail_consumer.clone(),
+            directory: http::ConsumerHealth {
+                consumer: self.directory_consumer.clone(),
+                joined: self.directory_joined.clone(),
+            },
+            mail: http::ConsumerHealth {
+                consumer: self.mail_consumer.clone(),
+                joined: self.mail_joined.clone(),
+            },
             probe_topic: self.topics.dead_letter(),
             metrics: self.metrics.clone(),
         };
         let server = axum::serve(self.listener, http::router(health))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
 
         let directory = DirectoryWorker {
@@ -192,21 +228,36 @@ impl App {
             topic_prefix = self.topics.prefix(),
             "dbproc is consuming user-directory requests and mail"
         );
-        let directory = tokio::spawn(directory.run(shutdown.clone()));
-        let mail = tokio::spawn(mail.run(shutdown.clone()));
-        let (directory, mail) = tokio::join!(directory, mail);
-        for (name, joined) in [("directory", directory), ("mail", mail)] {
-            if let Err(error) = joined {
-                tracing::error!(consumer = name, %error, "a consumer task ended abnormally");
-            }
+        let mut workers = JoinSet::new();
+        let mut names = Vec::new();
+        let directory_stop = stop.clone();
+        let task = workers.spawn(async move { directory.run(directory_stop).await });
+        names.push((task.id(), ConsumerName::Directory));
+        let mail_stop = stop.clone();
+        let task = workers.spawn(async move { mail.run(mail_stop).await });
+        names.push((task.id(), ConsumerName::Mail));
+        let mut failure = None;
+        while let Some(joined) = workers.join_next_with_id().await {
+            let (id, reason) = match joined {
+                Ok((_, ())) if stop.is_cancelled() => continue,
+                Ok((id, ())) => (id, "it returned".to_owned()),
+                Err(error) => (error.id(), error.to_string()),
+            };
+            let consumer = names
+                .iter()
+                .find(|(task, _)| *task == id)
+                .map_or("unknown", |(_, name)| name.label());
+            tracing::error!(consumer, %reason, "a consumer ended abnormally; stopping dbproc");
+            failure.get_or_insert(Error::ConsumerStopped { consumer, reason });
+            stop.cancel();
         }
 
         let served = server.await;
         let directory_consumer = self.directory_consumer;
         let mail_consumer = self.mail_consumer;
         let closed = tokio::task::spawn_blocking(move || {
-            records::close(directory_consumer);
-            records::close(mail_consumer);
+            consumer::close(ConsumerName::Directory, directory_consumer);
+            consumer::close(ConsumerName::Mail, mail_consumer);
         })
         .await;
         if let Err(error) = closed {
@@ -214,6 +265,9 @@ impl App {
         }
         self.repository.pool().close().await;
         tracing::info!("dbproc stopped");
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Error::Serve(error)),
@@ -222,7 +276,7 @@ impl App {
     }
 }
 
-fn subscribed(consumer: StreamConsumer, topics: &[String]) -> Result<StreamConsumer> {
+fn subscribed(consumer: GroupConsumer, topics: &[String]) -> Result<GroupConsumer> {
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&names)

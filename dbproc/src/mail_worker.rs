@@ -5,18 +5,18 @@ use std::sync::Arc;
 use broker_auth_contract::{Envelope, MailRequest, Topics, headers};
 use broker_auth_kafka::header_str;
 use broker_auth_kafka::rdkafka::Message;
-use broker_auth_kafka::rdkafka::consumer::StreamConsumer;
 use broker_auth_kafka::rdkafka::message::BorrowedMessage;
 use broker_auth_mail::Mailer;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::consumer::{self, ConsumerName, GroupConsumer};
 use crate::metrics::{DeadLetterLabels, MailFailureLabels, MailLabels, Metrics};
-use crate::records::{self, Interrupted, Outbox};
+use crate::outbox::{Interrupted, Outbox};
 
 pub struct MailWorker {
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<GroupConsumer>,
     pub outbox: Outbox,
     pub mailer: Arc<dyn Mailer>,
     pub topics: Topics,
@@ -67,7 +67,7 @@ impl MailWorker {
             {
                 break;
             }
-            records::commit(&self.consumer, &message);
+            consumer::commit(&self.consumer, &message);
         }
     }
 
@@ -101,6 +101,7 @@ impl MailWorker {
         span.record("request_id", tracing::field::display(envelope.request_id));
 
         let mut attempt = 0;
+        let mut retrying = None;
         loop {
             attempt += 1;
             let sent = tokio::select! {
@@ -139,6 +140,7 @@ impl MailWorker {
                     .dead_letter(message, "smtp_attempts_exhausted", &reason, shutdown)
                     .await;
             }
+            retrying.get_or_insert_with(|| self.metrics.retrying(ConsumerName::Mail.label()));
             let delay = self.retry.delay(attempt);
             tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "mail not sent; retrying");
             if !self.retry.wait(attempt, shutdown).await {
@@ -161,7 +163,7 @@ impl MailWorker {
         self.metrics
             .dead_lettered
             .get_or_create(&DeadLetterLabels {
-                consumer: "mail",
+                consumer: ConsumerName::Mail.label(),
                 reason: code,
             })
             .inc();

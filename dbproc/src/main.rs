@@ -54,6 +54,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = interrupt => {}
         () = terminate => {}
     }
-    tracing::info!("shutdown requested; finishing the records in hand");
+    tracing::info!("shutdown requested; a record in hand is left uncommitted for redelivery");
     shutdown.cancel();
 }

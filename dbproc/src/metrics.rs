@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -26,6 +27,12 @@ pub struct DeadLetterLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// `directory` or `mail`.
+    pub consumer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MailLabels {
     pub template: &'static str,
 }
@@ -45,6 +52,9 @@ pub struct Metrics {
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     pub mail_sent: Family<MailLabels, Counter>,
     pub mail_failed_attempts: Family<MailFailureLabels, Counter>,
+    pub assigned_partitions: Family<ConsumerLabels, Gauge>,
+    pub retrying_records: Family<ConsumerLabels, Gauge>,
+    pub offset_commit_failures: Family<ConsumerLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +105,31 @@ impl Default for Metrics {
             "SMTP attempts that failed, by template and error class",
             mail_failed_attempts.clone(),
         );
+        let assigned_partitions = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumer_assigned_partitions",
+            "Partitions assigned to this replica, by consumer; 0 on a replica beyond the partition count",
+            assigned_partitions.clone(),
+        );
+        let retrying_records = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumer_retrying_records",
+            "1 while a consumer holds a record it is retrying (database or SMTP unavailable): its partitions wait behind it",
+            retrying_records.clone(),
+        );
+        let offset_commit_failures = Family::<ConsumerLabels, Counter>::default();
+        registry.register(
+            "consumer_offset_commit_failures",
+            "Offset commits Kafka refused, by consumer; the records since the last commit are redelivered",
+            offset_commit_failures.clone(),
+        );
+        for consumer in ["directory", "mail"] {
+            // Present from the start, so a dashboard shows 0 rather than no data.
+            let labels = ConsumerLabels { consumer };
+            assigned_partitions.get_or_create(&labels).set(0);
+            retrying_records.get_or_create(&labels).set(0);
+            offset_commit_failures.get_or_create(&labels).inc_by(0);
+        }
         Self {
             registry,
             requests_handled,
@@ -103,11 +138,34 @@ impl Default for Metrics {
             dead_lettered,
             mail_sent,
             mail_failed_attempts,
+            assigned_partitions,
+            retrying_records,
+            offset_commit_failures,
         }
     }
 }
 
+/// Holds a consumer's `consumer_retrying_records` gauge at 1 until dropped, i.e. until the
+/// record is done or abandoned at shutdown.
+pub struct RetryingRecord(Gauge);
+
+impl Drop for RetryingRecord {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
 impl Metrics {
+    /// Marks `consumer` as retrying the record in hand.
+    pub fn retrying(&self, consumer: &'static str) -> RetryingRecord {
+        let gauge = self
+            .retrying_records
+            .get_or_create(&ConsumerLabels { consumer })
+            .clone();
+        gauge.set(1);
+        RetryingRecord(gauge)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -464,3 +464,104 @@ async fn an_invalid_request_is_answered_as_rejected_and_kept_on_the_dead_letter_
     let reason = dead.header(headers::DEAD_LETTER_REASON).unwrap();
     assert!(reason.starts_with("rejected: invalid_email"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_while_a_request_waits_for_the_database_and_nothing_is_lost() {
+    let mut harness = Harness::start("stop-while-retrying").await;
+    let mut replies = harness.reply_reader();
+    harness.database_proxy.cut().await;
+
+    let creation = harness
+        .request(
+            RequestKind::UserCreation,
+            Uuid::new_v4(),
+            json!({"email": "held@example.com", "name": "Held", "password_hash": HASH}),
+        )
+        .await;
+    harness
+        .poll_http("/metrics", Duration::from_secs(20), |_, body| {
+            metric_value(
+                body,
+                "dbproc_consumer_retrying_records{consumer=\"directory\"}",
+            ) == 1.0
+        })
+        .await;
+
+    let stopping = harness.stop_dbproc().await;
+    assert!(
+        stopping < Duration::from_secs(5),
+        "stopping took {stopping:?}"
+    );
+    assert!(
+        replies.seen().is_empty(),
+        "nothing was answered while the database was down"
+    );
+
+    // The abandoned record was not committed: the next start answers it.
+    harness.database_proxy.restore().await.unwrap();
+    harness.start_dbproc(MailSettings::default()).await;
+    let body = replies.reply(&creation).await.json();
+    assert_eq!(body["result"]["outcome"], "created");
+    harness
+        .poll_http("/metrics", Duration::from_secs(5), |_, body| {
+            metric_value(
+                body,
+                "dbproc_consumer_retrying_records{consumer=\"directory\"}",
+            ) == 0.0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_beyond_the_partition_count_is_ready_and_holds_no_partitions() {
+    let harness = Harness::start("surplus-replica").await;
+    let mut replicas = Vec::new();
+    for _ in 0..support::PARTITIONS {
+        replicas.push(harness.start_replica().await);
+    }
+    let mut urls = vec![harness.metrics_url("/readyz")];
+    urls.extend(replicas.iter().map(|replica| replica.url("/readyz")));
+
+    // Each request topic and the mail topic has PARTITIONS partitions, so once the groups have
+    // settled one of the PARTITIONS + 1 replicas holds none of them.
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut bodies = Vec::new();
+    loop {
+        bodies.clear();
+        let mut all_ready = true;
+        for url in &urls {
+            let response = client.get(url).send().await.unwrap();
+            all_ready &= response.status() == 200;
+            bodies.push(response.text().await.unwrap());
+        }
+        let directory_total: usize = bodies
+            .iter()
+            .map(|body| assigned(body, "directory consumer"))
+            .sum();
+        let idle = bodies
+            .iter()
+            .filter(|body| assigned(body, "directory consumer") == 0)
+            .count();
+        let settled = directory_total == 3 * support::PARTITIONS as usize && idle >= 1;
+        if all_ready && settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas never settled as all ready with one idle:\n{}",
+            bodies.join("---\n")
+        );
+        // Polling HTTP endpoints: a short pause between polls, bounded by the deadline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The partitions a `/readyz` body reports for `consumer`.
+fn assigned(body: &str, consumer: &str) -> usize {
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{consumer}: joined, ")))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}

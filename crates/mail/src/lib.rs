@@ -10,7 +10,7 @@ mod sender;
 pub use broker_auth_contract::{MailRequest, MailTemplate};
 pub use lettre::message::Mailbox;
 pub use render::{RenderedMail, build_message, render};
-pub use sender::{LogMailer, Mailer, SmtpMailer};
+pub use sender::{LogMailer, Mailer, SMTP_TIMEOUT, SmtpMailer};
 
 /// Why a mail was not sent. [`MailError::is_transient`] separates "try again later" (SMTP
 /// unreachable, 4xx) from "will fail again" (5xx, an address that cannot be mailed).
@@ -20,6 +20,8 @@ pub enum MailError {
     InvalidRecipient { address: String },
     #[error("the SMTP settings are invalid: {0}")]
     InvalidSettings(#[source] lettre::transport::smtp::Error),
+    #[error("the mail request is invalid: {0}")]
+    InvalidTemplate(&'static str),
     #[error("the message could not be built: {0}")]
     Build(#[from] lettre::error::Error),
     #[error("SMTP delivery failed for now, worth retrying: {0}")]
@@ -37,6 +39,7 @@ impl MailError {
     pub fn kind_label(&self) -> &'static str {
         match self {
             MailError::InvalidRecipient { .. } => "invalid_recipient",
+            MailError::InvalidTemplate(_) => "invalid_template",
             MailError::InvalidSettings(_) => "invalid_settings",
             MailError::Build(_) => "build",
             MailError::Transient(_) => "transient",

@@ -1,4 +1,5 @@
 use broker_auth_contract::{MailRequest, MailTemplate};
+use lettre::Address;
 use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -22,9 +23,17 @@ impl std::fmt::Debug for RenderedMail {
     }
 }
 
+/// Longest code lifetime a mail may announce; anything longer is not what the API sends.
+const MAX_EXPIRES_IN_MINUTES: u32 = 24 * 60;
+
 /// The subject and bodies of a template. The texts are plain ASCII so they travel as 7-bit.
-pub fn render(template: &MailTemplate) -> RenderedMail {
-    match template {
+///
+/// The template's fields come from a Kafka record, so they are checked here rather than
+/// trusted: a code is exactly six ASCII digits, which also keeps anything but a code (links,
+/// markup, line breaks) out of a mail sent in the broker's name.
+pub fn render(template: &MailTemplate) -> Result<RenderedMail> {
+    check_template(template)?;
+    Ok(match template {
         MailTemplate::SignupCode {
             code,
             expires_in_minutes,
@@ -68,6 +77,28 @@ pub fn render(template: &MailTemplate) -> RenderedMail {
                    <p>If this was not you, you can ignore this email; nothing has changed.</p>"
                 .to_owned(),
         },
+    })
+}
+
+fn check_template(template: &MailTemplate) -> Result<()> {
+    match template {
+        MailTemplate::SignupCode {
+            code,
+            expires_in_minutes,
+        } => {
+            if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(MailError::InvalidTemplate(
+                    "a signup code must be exactly six digits",
+                ));
+            }
+            if !(1..=MAX_EXPIRES_IN_MINUTES).contains(expires_in_minutes) {
+                return Err(MailError::InvalidTemplate(
+                    "a signup code must expire within 1 to 1440 minutes",
+                ));
+            }
+            Ok(())
+        }
+        MailTemplate::AccountExists => Ok(()),
     }
 }
 
@@ -86,13 +117,15 @@ fn escape_html(text: &str) -> String {
 
 /// The complete message for `request`, from `from`: plain text with an HTML alternative.
 pub fn build_message(from: &Mailbox, request: &MailRequest) -> Result<Message> {
-    let to: Mailbox = request
+    // A bare address only: a display name would be text of the producer's choosing.
+    let to = request
         .to
-        .parse()
+        .parse::<Address>()
+        .map(|address| Mailbox::new(None, address))
         .map_err(|_| MailError::InvalidRecipient {
             address: request.to.clone(),
         })?;
-    let rendered = render(&request.template);
+    let rendered = render(&request.template)?;
     let message = Message::builder()
         .from(from.clone())
         .to(to)
@@ -126,7 +159,8 @@ mod tests {
         let rendered = render(&MailTemplate::SignupCode {
             code: "004217".into(),
             expires_in_minutes: 5,
-        });
+        })
+        .unwrap();
         assert!(rendered.text.contains("004217"));
         assert!(rendered.text.contains("5 minutes"));
         assert!(rendered.html.contains("004217"));
@@ -135,7 +169,7 @@ mod tests {
 
     #[test]
     fn an_account_exists_mail_has_no_code() {
-        let rendered = render(&MailTemplate::AccountExists);
+        let rendered = render(&MailTemplate::AccountExists).unwrap();
         assert!(rendered.subject.contains("already have an account"));
         assert!(!rendered.text.chars().any(|c| c.is_ascii_digit()));
     }
@@ -151,6 +185,50 @@ mod tests {
         assert!(formatted.contains("To: ada@example.com"));
         assert!(formatted.contains("Subject: You already have an account"));
         assert!(formatted.contains("multipart/alternative"));
+    }
+
+    #[test]
+    fn a_code_that_is_not_six_digits_is_refused_permanently() {
+        for code in [
+            "12345",
+            "1234567",
+            "12345a",
+            "<b>1</b>",
+            "123\n45",
+            "١٢٣٤٥٦",
+            "",
+        ] {
+            let template = MailTemplate::SignupCode {
+                code: code.into(),
+                expires_in_minutes: 5,
+            };
+            let error = render(&template).unwrap_err();
+            assert!(matches!(error, MailError::InvalidTemplate(_)), "{code:?}");
+            assert!(!error.is_transient());
+        }
+        let forever = MailTemplate::SignupCode {
+            code: "123456".into(),
+            expires_in_minutes: 0,
+        };
+        assert!(render(&forever).is_err());
+    }
+
+    #[test]
+    fn a_recipient_with_a_display_name_is_refused() {
+        let request = MailRequest {
+            to: "Your Bank <ada@example.com>".into(),
+            template: MailTemplate::AccountExists,
+        };
+        let error = build_message(&from(), &request).unwrap_err();
+        assert!(matches!(error, MailError::InvalidRecipient { .. }));
+    }
+
+    #[test]
+    fn html_special_characters_are_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl std::fmt::Debug for SmtpMailer {
 }
 
 /// How long one SMTP exchange may take before it counts as a (transient) failure.
-const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SmtpMailer {
     pub fn from_url(url: &SecretString, from: Mailbox) -> Result<Self> {
@@ -79,7 +79,7 @@ pub struct LogMailer;
 #[async_trait]
 impl Mailer for LogMailer {
     async fn send(&self, request: &MailRequest) -> Result<()> {
-        let rendered = render(&request.template);
+        let rendered = render(&request.template)?;
         tracing::info!(
             to = %request.to,
             template = request.template.name(),

@@ -148,6 +148,23 @@ struct Running {
     metrics_addr: SocketAddr,
 }
 
+/// Another dbproc replica in the same consumer groups as the harness's; stopped when dropped.
+pub struct Replica {
+    running: Running,
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.metrics_addr)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+    }
+}
+
 /// Mail settings of a harness.
 #[derive(Debug, Clone, Copy)]
 pub struct MailSettings {
@@ -158,10 +175,11 @@ pub struct MailSettings {
 
 impl Default for MailSettings {
     fn default() -> Self {
+        // About 9 s of quick retries, and still within what `Config::validate` accepts.
         Self {
-            max_attempts: 50,
+            max_attempts: 25,
             retry_initial_ms: 20,
-            retry_max_ms: 200,
+            retry_max_ms: 400,
         }
     }
 }
@@ -223,6 +241,23 @@ impl Harness {
             task,
             metrics_addr,
         });
+    }
+
+    /// Starts another replica sharing the harness's topics, groups and database.
+    pub async fn start_replica(&self) -> Replica {
+        let app = App::build(self.config(MailSettings::default()))
+            .await
+            .unwrap();
+        let metrics_addr = app.metrics_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Replica {
+            running: Running {
+                shutdown,
+                task,
+                metrics_addr,
+            },
+        }
     }
 
     /// Cancels dbproc and waits for it to finish; returns how long that took.

@@ -1,10 +1,9 @@
-//! Producing replies and dead letters until Kafka acknowledges them, and committing offsets.
+//! Producing replies and dead letters until Kafka acknowledges them.
 
 use std::time::Duration;
 
 use broker_auth_contract::headers;
 use broker_auth_kafka::rdkafka::Message;
-use broker_auth_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use broker_auth_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -100,34 +99,4 @@ impl Outbox {
         )
         .await
     }
-}
-
-/// Marks `message` done: stores its offset and commits asynchronously. A failure here (e.g. the
-/// partition was just revoked) only means the record is redelivered, which is harmless because
-/// handling is idempotent.
-pub fn commit(consumer: &StreamConsumer, message: &BorrowedMessage<'_>) {
-    if let Err(error) = consumer
-        .store_offset_from_message(message)
-        .and_then(|()| consumer.commit_consumer_state(CommitMode::Async))
-    {
-        tracing::warn!(
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            %error,
-            "could not commit an offset; the record may be redelivered"
-        );
-    }
-}
-
-/// Commits what was stored, waits for it, and leaves the consumer group. Blocking; run it off
-/// the async runtime.
-pub fn close(consumer: std::sync::Arc<StreamConsumer>) {
-    // Nothing stored since the last commit is a normal outcome here.
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    consumer.unsubscribe();
-    // Dropping the last handle closes the consumer, which leaves the group at once so the
-    // partitions move to the remaining members without waiting for a session timeout. (When
-    // this is not the last handle, the last holder's drop does the same.)
-    drop(consumer);
 }
