@@ -70,6 +70,7 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
     let consumer = state.directory.consumer.clone();
     let topic = state.probe_topic.clone();
     // The metadata request blocks for up to its timeout; keep it off the async workers.
+    // (`broker_auth_kafka::is_reachable` takes only consumers with the default context.)
     let kafka = tokio::task::spawn_blocking(move || {
         consumer.fetch_metadata(Some(&topic), CHECK_TIMEOUT).is_ok()
     })

@@ -78,10 +78,7 @@ impl Outbox {
             message.partition(),
             message.offset()
         );
-        let headers = message
-            .headers()
-            .map(|h| h.detach())
-            .unwrap_or_default()
+        let headers = broker_auth_kafka::copy_headers(message.headers())
             .insert(Header {
                 key: headers::DEAD_LETTER_REASON,
                 value: Some(reason),

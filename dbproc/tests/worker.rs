@@ -565,3 +565,40 @@ fn assigned(body: &str, consumer: &str) -> usize {
         .and_then(|count| count.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_waiting_between_attempts_at_shutdown_is_sent_after_the_restart() {
+    let settings = MailSettings {
+        max_attempts: 25,
+        retry_initial_ms: 2_000,
+        retry_max_ms: 2_000,
+    };
+    let mut harness = Harness::start_with("smtp-down-at-stop", settings).await;
+    harness.smtp.stop().await;
+    harness
+        .mail(
+            "kept@example.com",
+            json!({"template": "signup_code", "code": "161803", "expires_in_minutes": 5}),
+        )
+        .await;
+    harness
+        .poll_http("/metrics", Duration::from_secs(20), |_, body| {
+            metric_value(body, "dbproc_consumer_retrying_records{consumer=\"mail\"}") == 1.0
+        })
+        .await;
+
+    let stopping = harness.stop_dbproc().await;
+    assert!(
+        stopping < Duration::from_secs(2),
+        "stopping mid-backoff took {stopping:?}"
+    );
+
+    harness.smtp.restart().await.unwrap();
+    harness.start_dbproc(settings).await;
+    let mail = harness
+        .smtp
+        .wait_for(|m| m.is_to("kept@example.com"), Duration::from_secs(20))
+        .await
+        .expect("the mail abandoned at shutdown arrives after the restart");
+    assert!(mail.text().contains("161803"), "{}", mail.text());
+}

@@ -43,10 +43,6 @@ impl SmtpMailer {
             .build();
         Ok(Self { transport, from })
     }
-
-    pub fn from_address(&self) -> &Mailbox {
-        &self.from
-    }
 }
 
 #[async_trait]

@@ -30,10 +30,6 @@ impl UserDirectory {
         Self { repository }
     }
 
-    pub fn repository(&self) -> &Arc<dyn UserRepository> {
-        &self.repository
-    }
-
     /// Answers one request. `request_id` identifies the logical request; a redelivered
     /// creation request with the same id gets the same reply.
     pub async fn handle(

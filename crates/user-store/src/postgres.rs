@@ -1,12 +1,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{Credentials, User, UserCreation, UserCreationResult};
+use broker_auth_contract::{Credentials, User, UserCreation};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::repository::{OUTCOME_ALREADY_EXISTS, OUTCOME_CREATED, RecordedCreation};
+use crate::repository::{RecordedCreation, creation_result};
 use crate::{CreationOutcome, Result, StoreError, UserRepository};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -30,10 +30,6 @@ impl PostgresUserRepository {
             .connect(url)
             .await?;
         Ok(Self { pool })
-    }
-
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -61,20 +57,7 @@ impl PostgresUserRepository {
         .bind(&user.password_hash)
         .fetch_optional(&mut *tx)
         .await?;
-        let (outcome, user_id, result) = match inserted {
-            Some((id, email, name)) => (
-                OUTCOME_CREATED,
-                Some(id),
-                UserCreationResult::Created {
-                    user: User { id, email, name },
-                },
-            ),
-            None => (
-                OUTCOME_ALREADY_EXISTS,
-                None,
-                UserCreationResult::AlreadyExists,
-            ),
-        };
+        let (outcome, user_id, result) = creation_result(inserted);
         sqlx::query(
             "INSERT INTO user_creation_requests (request_id, email, outcome, user_id) \
              VALUES ($1, $2, $3, $4)",

@@ -45,8 +45,29 @@ pub(crate) struct RecordedCreation {
     pub user_name: Option<String>,
 }
 
-pub(crate) const OUTCOME_CREATED: &str = "created";
-pub(crate) const OUTCOME_ALREADY_EXISTS: &str = "already_exists";
+const OUTCOME_CREATED: &str = "created";
+const OUTCOME_ALREADY_EXISTS: &str = "already_exists";
+
+/// What a creation came to, given the row the user insert returned (none when the email was
+/// taken): the outcome to record, the new user's id, and the reply.
+pub(crate) fn creation_result(
+    inserted: Option<(Uuid, String, String)>,
+) -> (&'static str, Option<Uuid>, UserCreationResult) {
+    match inserted {
+        Some((id, email, name)) => (
+            OUTCOME_CREATED,
+            Some(id),
+            UserCreationResult::Created {
+                user: broker_auth_contract::User { id, email, name },
+            },
+        ),
+        None => (
+            OUTCOME_ALREADY_EXISTS,
+            None,
+            UserCreationResult::AlreadyExists,
+        ),
+    }
+}
 
 impl RecordedCreation {
     /// The answer a redelivery of the recorded request gets when it asks for `email`.
