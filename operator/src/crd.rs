@@ -106,9 +106,10 @@ pub struct KafkaSpec {
     #[serde(default = "default_replication_factor")]
     #[schemars(range(min = 1, max = 32))]
     pub replication_factor: i32,
-    /// Delete this installation's topics when the BrokerAuth is deleted (off by default:
-    /// the topics may hold requests still in flight).
-    #[serde(default)]
+    /// When the BrokerAuth is deleted, delete its topics and its consumer groups' committed
+    /// offsets too, after its pods have stopped, so nothing is left behind. Turn off to keep
+    /// them (both: offsets without their topics would mislead a re-created BrokerAuth).
+    #[serde(default = "yes")]
     pub delete_topics_on_delete: bool,
 }
 

@@ -7,9 +7,9 @@ pub enum Error {
     Kafka(#[from] broker_auth_kafka::Error),
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
-    #[error("could not delete topic {topic}: {code}")]
-    DeleteTopic {
-        topic: String,
+    #[error("could not delete {what} yet: {code}")]
+    KafkaDelete {
+        what: String,
         code: rdkafka::types::RDKafkaErrorCode,
     },
     #[error("the BrokerAuth has no namespace")]
@@ -43,7 +43,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Kafka(_) | Error::KafkaClient(_) | Error::DeleteTopic { .. } => "kafka",
+            Error::Kafka(_) | Error::KafkaClient(_) | Error::KafkaDelete { .. } => "kafka",
             Error::MissingNamespace => "missing_namespace",
             Error::Contract(_) => "invalid_prefix",
             Error::Serialize(_) => "serialize",

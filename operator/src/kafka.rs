@@ -16,6 +16,23 @@ use crate::lag::{self, ConsumerLag};
 /// How long one Kafka admin or offset request may take.
 pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Something deleting a BrokerAuth's Kafka data had to leave, and the broker's answer. Only
+/// answers that asking again cannot change end up here (the broker does not implement the
+/// request, or refuses it); the operator reports them in a warning Event and lets the BrokerAuth go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftInKafka {
+    /// `topic` or `consumer group`.
+    pub kind: &'static str,
+    pub name: String,
+    pub answer: String,
+}
+
+impl std::fmt::Display for LeftInKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.kind, self.name, self.answer)
+    }
+}
+
 /// What ensuring the topics found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TopicReport {
@@ -43,7 +60,104 @@ pub trait KafkaAdmin: Send + Sync + 'static {
         policy: UncommittedPartitionPolicy,
     ) -> Result<ConsumerLag>;
 
-    async fn delete_topics(&self, settings: &KafkaSettings, topics: &[String]) -> Result<()>;
+    /// Deletes consumer groups and so their committed offsets. A group that does not exist
+    /// counts as deleted; a transient failure (a member still in the group, a coordinator
+    /// moving, the broker unreachable) is an error, to be retried.
+    async fn delete_consumer_groups(
+        &self,
+        settings: &KafkaSettings,
+        groups: &[String],
+    ) -> Result<Vec<LeftInKafka>>;
+
+    /// Deletes topics, on the same terms as [`KafkaAdmin::delete_consumer_groups`].
+    async fn delete_topics(
+        &self,
+        settings: &KafkaSettings,
+        topics: &[String],
+    ) -> Result<Vec<LeftInKafka>>;
+}
+
+/// How the broker answered a deletion.
+#[derive(Debug, PartialEq, Eq)]
+enum DeleteAnswer {
+    Deleted,
+    /// Asking again will not help: leave it and say so.
+    Refused,
+    /// Worth asking again.
+    Transient,
+}
+
+fn judge_delete(code: RDKafkaErrorCode, already_gone: RDKafkaErrorCode) -> DeleteAnswer {
+    use RDKafkaErrorCode as Code;
+    match code {
+        Code::NoError => DeleteAnswer::Deleted,
+        code if code == already_gone => DeleteAnswer::Deleted,
+        // A broker without the API (tansu, old Kafka) or that does not know what to do with it,
+        // a cluster with topic deletion off, missing ACLs.
+        Code::UnsupportedVersion
+        | Code::UnsupportedFeature
+        | Code::Unknown
+        | Code::InvalidRequest
+        | Code::TopicDeletionDisabled
+        | Code::PolicyViolation
+        | Code::InvalidGroupId
+        | Code::TopicAuthorizationFailed
+        | Code::GroupAuthorizationFailed
+        | Code::ClusterAuthorizationFailed => DeleteAnswer::Refused,
+        _ => DeleteAnswer::Transient,
+    }
+}
+
+/// Sorts the per-name answers of one delete request: deleted names are logged, refused ones
+/// returned, and the first transient one fails the call.
+fn sort_answers(
+    kind: &'static str,
+    answers: Vec<Result<String, (String, RDKafkaErrorCode)>>,
+    already_gone: RDKafkaErrorCode,
+) -> Result<Vec<LeftInKafka>> {
+    let mut left = Vec::new();
+    for answer in answers {
+        let (name, code) = match answer {
+            Ok(name) => (name, RDKafkaErrorCode::NoError),
+            Err(failed) => failed,
+        };
+        match judge_delete(code, already_gone) {
+            DeleteAnswer::Deleted => tracing::info!(kind, %name, "deleted from kafka"),
+            DeleteAnswer::Refused => left.push(LeftInKafka {
+                kind,
+                name,
+                answer: code.to_string(),
+            }),
+            DeleteAnswer::Transient => {
+                return Err(Error::KafkaDelete {
+                    what: format!("{kind} {name}"),
+                    code,
+                });
+            }
+        }
+    }
+    Ok(left)
+}
+
+/// A failure of the whole request: refused for every name, or transient.
+fn whole_request_failed(
+    kind: &'static str,
+    names: &[String],
+    error: rdkafka::error::KafkaError,
+) -> Result<Vec<LeftInKafka>> {
+    match error.rdkafka_error_code() {
+        Some(code) if judge_delete(code, RDKafkaErrorCode::NoError) == DeleteAnswer::Refused => {
+            Ok(names
+                .iter()
+                .map(|name| LeftInKafka {
+                    kind,
+                    name: name.clone(),
+                    answer: code.to_string(),
+                })
+                .collect())
+        }
+        _ => Err(error.into()),
+    }
 }
 
 /// The real thing, on librdkafka.
@@ -78,19 +192,101 @@ impl KafkaAdmin for RdKafkaAdmin {
         lag::consumer_lag(settings, group, topics, policy, KAFKA_TIMEOUT).await
     }
 
-    async fn delete_topics(&self, settings: &KafkaSettings, topics: &[String]) -> Result<()> {
+    async fn delete_consumer_groups(
+        &self,
+        settings: &KafkaSettings,
+        groups: &[String],
+    ) -> Result<Vec<LeftInKafka>> {
+        let admin: AdminClient<DefaultClientContext> = settings.base_config().create()?;
+        let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().request_timeout(Some(KAFKA_TIMEOUT));
+        match admin.delete_groups(&names, &options).await {
+            Ok(answers) => {
+                sort_answers("consumer group", answers, RDKafkaErrorCode::GroupIdNotFound)
+            }
+            Err(error) => whole_request_failed("consumer group", groups, error),
+        }
+    }
+
+    async fn delete_topics(
+        &self,
+        settings: &KafkaSettings,
+        topics: &[String],
+    ) -> Result<Vec<LeftInKafka>> {
         let admin: AdminClient<DefaultClientContext> = settings.base_config().create()?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        for result in admin.delete_topics(&names, &options).await? {
-            match result {
-                Ok(topic) => tracing::info!(%topic, "deleted kafka topic"),
-                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((topic, code)) => {
-                    return Err(Error::DeleteTopic { topic, code });
-                }
+        match admin.delete_topics(&names, &options).await {
+            Ok(answers) => {
+                sort_answers("topic", answers, RDKafkaErrorCode::UnknownTopicOrPartition)
             }
+            Err(error) => whole_request_failed("topic", topics, error),
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_answers_are_done_left_or_retried() {
+        use RDKafkaErrorCode as Code;
+        let gone = Code::GroupIdNotFound;
+        assert_eq!(judge_delete(Code::NoError, gone), DeleteAnswer::Deleted);
+        assert_eq!(judge_delete(gone, gone), DeleteAnswer::Deleted);
+        for refused in [
+            Code::UnsupportedVersion,
+            Code::UnsupportedFeature,
+            Code::Unknown,
+            Code::TopicDeletionDisabled,
+            Code::GroupAuthorizationFailed,
+        ] {
+            assert_eq!(
+                judge_delete(refused, gone),
+                DeleteAnswer::Refused,
+                "{refused:?}"
+            );
+        }
+        for transient in [
+            Code::NonEmptyGroup,
+            Code::RequestTimedOut,
+            Code::NotCoordinator,
+            Code::CoordinatorLoadInProgress,
+        ] {
+            assert_eq!(
+                judge_delete(transient, gone),
+                DeleteAnswer::Transient,
+                "{transient:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_transient_answer_fails_the_call_and_refusals_are_returned() {
+        let left = sort_answers(
+            "topic",
+            vec![
+                Ok("a".into()),
+                Err(("b".into(), RDKafkaErrorCode::UnknownTopicOrPartition)),
+                Err(("c".into(), RDKafkaErrorCode::TopicDeletionDisabled)),
+            ],
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )
+        .unwrap();
+        assert_eq!(
+            left,
+            [LeftInKafka {
+                kind: "topic",
+                name: "c".into(),
+                answer: RDKafkaErrorCode::TopicDeletionDisabled.to_string()
+            }]
+        );
+        let retry = sort_answers(
+            "consumer group",
+            vec![Err(("g".into(), RDKafkaErrorCode::NonEmptyGroup))],
+            RDKafkaErrorCode::GroupIdNotFound,
+        );
+        assert!(matches!(retry, Err(Error::KafkaDelete { .. })));
     }
 }

@@ -363,6 +363,8 @@ def test_brokerauth_from_values_is_wired_to_the_chart_services(rendered_sets: di
     }
     assert spec["autoscaling"]["provider"] == "Operator"
     assert spec["dbproc"]["mailFrom"] == "Broker <no-reply@broker.example>"
+    # Deleting the BrokerAuth deletes its topics and consumer groups unless switched off.
+    assert spec["kafka"]["deleteTopicsOnDelete"] is True
     assert spec["observability"] == {"logLevel": "debug", "otlpEndpoint": "http://otel-collector.observability:4317"}
 
 

@@ -7,6 +7,7 @@
 
 mod crd;
 mod external_metrics;
+mod kafka_cleanup;
 mod lag;
 mod leader;
 mod manifests;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_operator::Result;
 use broker_auth_operator::crd::{BrokerAuth, UncommittedPartitionPolicy};
-use broker_auth_operator::kafka::{KafkaAdmin, TopicReport};
+use broker_auth_operator::kafka::{KafkaAdmin, LeftInKafka, TopicReport};
 use broker_auth_operator::lag::ConsumerLag;
 use broker_auth_operator::metrics::Metrics;
 use broker_auth_operator::reconcile::{self, Context};
@@ -15,7 +15,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 
 use crate::support::{repo_root, sample_brokerauth};
@@ -25,6 +27,18 @@ use crate::support::{repo_root, sample_brokerauth};
 struct FakeKafka {
     calls: Mutex<Vec<String>>,
     under_partitioned: Vec<(String, i32)>,
+    /// How the broker answers deletions.
+    deletions: Deletions,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Deletions {
+    #[default]
+    Done,
+    /// A broker without DeleteGroups, as tansu is.
+    GroupsUnsupported,
+    /// A member still in the group.
+    GroupNotEmpty,
 }
 
 #[async_trait]
@@ -62,12 +76,42 @@ impl KafkaAdmin for FakeKafka {
         })
     }
 
-    async fn delete_topics(&self, _: &KafkaSettings, topics: &[String]) -> Result<()> {
+    async fn delete_consumer_groups(
+        &self,
+        _: &KafkaSettings,
+        groups: &[String],
+    ) -> Result<Vec<LeftInKafka>> {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("delete {}", topics.join(",")));
-        Ok(())
+            .push(format!("delete groups {}", groups.join(",")));
+        match self.deletions {
+            Deletions::Done => Ok(Vec::new()),
+            Deletions::GroupsUnsupported => Ok(groups
+                .iter()
+                .map(|group| LeftInKafka {
+                    kind: "consumer group",
+                    name: group.clone(),
+                    answer: "Broker: Unsupported version".into(),
+                })
+                .collect()),
+            Deletions::GroupNotEmpty => Err(broker_auth_operator::Error::KafkaDelete {
+                what: format!("consumer group {}", groups[0]),
+                code: RDKafkaErrorCode::NonEmptyGroup,
+            }),
+        }
+    }
+
+    async fn delete_topics(
+        &self,
+        _: &KafkaSettings,
+        topics: &[String],
+    ) -> Result<Vec<LeftInKafka>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete topics {}", topics.join(",")));
+        Ok(Vec::new())
     }
 }
 
@@ -85,6 +129,8 @@ struct ApiServer {
     missing_secrets: bool,
     /// Kind whose apply the server refuses as invalid (422).
     rejected_kind: Option<&'static str>,
+    /// The Deployments are being deleted in the foreground: their pods still run.
+    deployments_terminating: bool,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -138,6 +184,15 @@ impl ApiServer {
                 }
                 json_response(StatusCode::OK, &applied)
             }
+            "DELETE" if path.contains("/deployments/") && self.deployments_terminating => {
+                let name = path.rsplit('/').next().unwrap();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": name, "namespace": "default", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                                         "finalizers": ["foregroundDeletion"]}}),
+                )
+            }
             "DELETE" => not_found(),
             "POST" if path.contains("/events") => json_response(StatusCode::CREATED, body),
             _ => panic!("unexpected request {method} {path}"),
@@ -147,6 +202,16 @@ impl ApiServer {
 
 /// Runs one reconcile of `server.brokerauth` and returns the API requests and Kafka calls.
 async fn reconcile_once(server: ApiServer, kafka: Arc<FakeKafka>) -> (Vec<Recorded>, Vec<String>) {
+    let (action, requests, calls) = try_reconcile(server, kafka).await;
+    action.unwrap();
+    (requests, calls)
+}
+
+/// One reconcile, its outcome, the API requests and the Kafka calls.
+async fn try_reconcile(
+    server: ApiServer,
+    kafka: Arc<FakeKafka>,
+) -> (Result<Action>, Vec<Recorded>, Vec<String>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let recorded = Arc::new(Mutex::new(Vec::new()));
@@ -175,13 +240,11 @@ async fn reconcile_once(server: ApiServer, kafka: Arc<FakeKafka>) -> (Vec<Record
         ),
         metrics: Arc::new(Metrics::default()),
     });
-    reconcile::reconcile(Arc::new(server.brokerauth), context)
-        .await
-        .unwrap();
+    let action = reconcile::reconcile(Arc::new(server.brokerauth), context).await;
     api.abort();
     let requests = recorded.lock().unwrap().clone();
     let calls = kafka.calls.lock().unwrap().clone();
-    (requests, calls)
+    (action, requests, calls)
 }
 
 /// Transition times differ on every run.
@@ -213,6 +276,7 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
         brokerauth: sample_brokerauth(),
         missing_secrets: false,
         rejected_kind: None,
+        deployments_terminating: false,
     };
     let (requests, calls) = reconcile_once(server, kafka).await;
 
@@ -296,6 +360,7 @@ async fn an_invalid_spec_is_stalled_with_a_message_and_nothing_is_applied() {
             brokerauth,
             missing_secrets: false,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         kafka,
     )
@@ -331,6 +396,7 @@ async fn a_brokerauth_stored_without_mail_from_is_stalled_instead_of_crash_loopi
             brokerauth,
             missing_secrets: false,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         Arc::new(FakeKafka::default()),
     )
@@ -360,6 +426,7 @@ async fn missing_secrets_stall_the_brokerauth_until_they_exist() {
             brokerauth: sample_brokerauth(),
             missing_secrets: true,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         kafka,
     )
@@ -396,6 +463,7 @@ async fn too_few_partitions_on_an_existing_topic_is_a_warning_condition() {
             brokerauth: sample_brokerauth(),
             missing_secrets: false,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         kafka,
     )
@@ -431,6 +499,7 @@ async fn a_new_brokerauth_first_gets_the_cleanup_finalizer() {
             brokerauth,
             missing_secrets: false,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         kafka,
     )
@@ -446,29 +515,209 @@ async fn a_new_brokerauth_first_gets_the_cleanup_finalizer() {
     );
 }
 
-#[tokio::test]
-async fn deleting_a_brokerauth_drops_its_topics_when_asked_and_releases_the_finalizer() {
+fn being_deleted(since: std::time::Duration) -> BrokerAuth {
     let mut brokerauth = sample_brokerauth();
-    brokerauth.spec.kafka.delete_topics_on_delete = true;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let since = k8s_openapi::jiff::SignedDuration::try_from(since).unwrap();
     brokerauth.metadata.deletion_timestamp = Some(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now.checked_sub(since).unwrap()),
     );
+    brokerauth
+}
+
+fn deletion_server(brokerauth: BrokerAuth, deployments_terminating: bool) -> ApiServer {
+    ApiServer {
+        brokerauth,
+        missing_secrets: false,
+        rejected_kind: None,
+        deployments_terminating,
+    }
+}
+
+/// (method, path) of each request, for asserting the exact sequence.
+fn calls_made(requests: &[Recorded]) -> Vec<(&str, &str)> {
+    requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect()
+}
+
+const API_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/auth-api";
+const DBPROC_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/auth-dbproc";
+const BROKERAUTH: &str = "/apis/auth.cfdbroker.io/v1alpha1/namespaces/default/brokerauths/auth";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+#[tokio::test]
+async fn deleting_a_brokerauth_waits_while_its_pods_run_and_leaves_kafka_alone() {
     let kafka = Arc::new(FakeKafka::default());
-    let (requests, calls) = reconcile_once(
-        ApiServer {
-            brokerauth,
-            missing_secrets: false,
-            rejected_kind: None,
-        },
+    let (action, requests, calls) = try_reconcile(
+        deletion_server(being_deleted(std::time::Duration::ZERO), true),
         kafka,
     )
     .await;
-    assert_eq!(calls.len(), 1);
-    assert!(calls[0].starts_with("delete default.auth.user-existence-check,"));
-    // Children go by garbage collection (owner references); the only write is the finalizer's removal.
-    assert_eq!(requests.len(), 1, "{requests:?}");
-    assert_eq!(requests[0].method, "PATCH");
-    assert!(requests[0].path.ends_with("/brokerauths/auth"));
+    assert_eq!(
+        action.unwrap(),
+        Action::requeue(reconcile::WORKLOADS_GONE_POLL)
+    );
+    assert_eq!(
+        calls_made(&requests),
+        [("DELETE", API_DEPLOYMENT), ("DELETE", DBPROC_DEPLOYMENT)],
+        "no finalizer removal while the Deployments exist"
+    );
+    for delete in &requests {
+        assert_eq!(delete.body["propagationPolicy"], "Foreground", "{delete:?}");
+    }
+    assert!(
+        calls.is_empty(),
+        "Kafka touched while pods may run: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn once_its_pods_are_gone_a_deleted_brokerauth_drops_its_groups_and_topics_and_releases_the_finalizer()
+ {
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(
+        deletion_server(being_deleted(std::time::Duration::ZERO), false),
+        kafka,
+    )
+    .await;
+    let topics = broker_auth_contract::Topics::for_deployment("default", "auth").unwrap();
+    assert_eq!(
+        topics.all().len(),
+        8,
+        "requests, replies, mail and dead letters"
+    );
+    assert_eq!(
+        calls,
+        [
+            "delete groups default.auth.broker-auth-dbproc,default.auth.broker-auth-mailer"
+                .to_owned(),
+            format!("delete topics {}", topics.all().join(",")),
+        ]
+    );
+    // The other children go by garbage collection (owner references) once the finalizer is removed.
+    assert_eq!(
+        calls_made(&requests),
+        [
+            ("DELETE", API_DEPLOYMENT),
+            ("DELETE", DBPROC_DEPLOYMENT),
+            ("PATCH", BROKERAUTH)
+        ]
+    );
+    assert!(
+        requests[2]
+            .body
+            .to_string()
+            .contains("auth.cfdbroker.io/cleanup")
+    );
+}
+
+#[tokio::test]
+async fn kafka_data_is_deleted_by_default_and_kept_together_when_switched_off() {
+    let text = std::fs::read_to_string(repo_root().join("k8s/examples/brokerauth.yaml")).unwrap();
+    let without_switch = text.replace("    deleteTopicsOnDelete: true\n", "");
+    assert_ne!(text, without_switch);
+    let defaulted: BrokerAuth = serde_saphyr::from_str(&without_switch).unwrap();
+    assert!(defaulted.spec.kafka.delete_topics_on_delete);
+
+    let mut keep = being_deleted(std::time::Duration::ZERO);
+    keep.spec.kafka.delete_topics_on_delete = false;
+    let kafka = Arc::new(FakeKafka::default());
+    let (requests, calls) = reconcile_once(deletion_server(keep, false), kafka).await;
+    assert!(
+        calls.is_empty(),
+        "neither topics nor offsets deleted: {calls:?}"
+    );
+    assert_eq!(
+        calls_made(&requests),
+        [
+            ("DELETE", API_DEPLOYMENT),
+            ("DELETE", DBPROC_DEPLOYMENT),
+            ("PATCH", BROKERAUTH)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_broker_without_delete_groups_gets_a_warning_event_and_does_not_block_deletion() {
+    let kafka = Arc::new(FakeKafka {
+        deletions: Deletions::GroupsUnsupported,
+        ..FakeKafka::default()
+    });
+    let (requests, calls) = reconcile_once(
+        deletion_server(being_deleted(std::time::Duration::ZERO), false),
+        kafka,
+    )
+    .await;
+    assert_eq!(
+        calls,
+        ["delete groups default.auth.broker-auth-dbproc,default.auth.broker-auth-mailer"],
+        "the topics stay with the offsets that could not be deleted"
+    );
+    assert_eq!(
+        calls_made(&requests),
+        [
+            ("DELETE", API_DEPLOYMENT),
+            ("DELETE", DBPROC_DEPLOYMENT),
+            ("POST", EVENTS),
+            ("PATCH", BROKERAUTH)
+        ]
+    );
+    let event = &requests[2].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "KafkaDataLeft");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with(
+            "Kafka refused to delete, so these remain: \
+             consumer group default.auth.broker-auth-dbproc (Broker: Unsupported version), \
+             consumer group default.auth.broker-auth-mailer (Broker: Unsupported version), \
+             topic default.auth.user-existence-check (kept with its consumer groups' offsets), "
+        ),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_transient_kafka_failure_keeps_the_finalizer_until_the_grace_period_ends() {
+    let kafka = Arc::new(FakeKafka {
+        deletions: Deletions::GroupNotEmpty,
+        ..FakeKafka::default()
+    });
+    let (action, requests, _) = try_reconcile(
+        deletion_server(being_deleted(std::time::Duration::from_secs(10)), false),
+        kafka,
+    )
+    .await;
+    assert!(action.is_err(), "retried through error_policy");
+    assert_eq!(
+        calls_made(&requests),
+        [("DELETE", API_DEPLOYMENT), ("DELETE", DBPROC_DEPLOYMENT)],
+        "the finalizer stays"
+    );
+
+    let kafka = Arc::new(FakeKafka {
+        deletions: Deletions::GroupNotEmpty,
+        ..FakeKafka::default()
+    });
+    let late = reconcile::KAFKA_CLEANUP_GRACE + std::time::Duration::from_secs(1);
+    let (requests, _) = reconcile_once(deletion_server(being_deleted(late), false), kafka).await;
+    assert_eq!(
+        calls_made(&requests),
+        [
+            ("DELETE", API_DEPLOYMENT),
+            ("DELETE", DBPROC_DEPLOYMENT),
+            ("POST", EVENTS),
+            ("PATCH", BROKERAUTH)
+        ]
+    );
+    assert_eq!(requests[2].body["reason"], "KafkaDataLeft");
+    let note = requests[2].body["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("topics and consumer groups with prefix default.auth. may remain; still failing after 300 s:"),
+        "{note}"
+    );
 }
 
 #[tokio::test]
@@ -479,6 +728,7 @@ async fn a_child_the_api_server_rejects_stalls_the_brokerauth_instead_of_retryin
             brokerauth: sample_brokerauth(),
             missing_secrets: false,
             rejected_kind: Some("Deployment"),
+            deployments_terminating: false,
         },
         kafka,
     )
@@ -530,11 +780,12 @@ async fn deleting_a_brokerauth_whose_name_never_had_topics_still_releases_the_fi
             brokerauth,
             missing_secrets: false,
             rejected_kind: None,
+            deployments_terminating: false,
         },
         kafka,
     )
     .await;
     assert!(calls.is_empty(), "{calls:?}");
-    assert_eq!(requests.len(), 1, "{requests:?}");
-    assert!(requests[0].path.ends_with(&format!("/brokerauths/{name}")));
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests[2].path.ends_with(&format!("/brokerauths/{name}")));
 }
