@@ -7,6 +7,11 @@
 //! worker holds one record past `max.poll.interval.ms` and librdkafka leaves the group. Then the
 //! late commit carries a stale generation and the coordinator refuses it; [`MembershipContext`]
 //! counts that refusal and the record is redelivered to the partition's new owner.
+//!
+//! The flip side: a worker retrying one record (database down) does not serve rebalances, so
+//! with the default eager protocol a scale event waits for it — up to `max.poll.interval.ms` —
+//! while the other members sit without partitions. `dbproc_consumer_retrying_records` shows
+//! when that is the case.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
