@@ -100,6 +100,8 @@ impl App {
                 resend_cooldown: Duration::from_secs(config.signup_resend_cooldown_secs),
                 signin_max_failures: config.signin_max_failures,
                 signin_failure_window: Duration::from_secs(config.signin_failure_window_secs),
+                verify_max_failures: config.verify_max_failures,
+                verify_failure_window: Duration::from_secs(config.verify_failure_window_secs),
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 trusted_proxy_hops: config.trusted_proxy_hops,
                 cookie_secure: config.cookie_secure(),
@@ -176,11 +178,16 @@ async fn distributed(
     )
     .await
     .map_err(|_| StartError::Timeout("Redis (REDIS_URL)"))??;
+    // One producer for requests and mail; a record not delivered within the reply deadline is
+    // dropped rather than delivered after the client was told 503.
+    settings.delivery_timeout = config.reply_timeout();
+    let producer = settings.producer()?;
     tracing::info!(brokers, "connecting to Kafka");
     let transport = tokio::time::timeout(
         STARTUP_DEADLINE,
         KafkaTransport::start(
             &settings,
+            producer.clone(),
             topics.clone(),
             RpcTiming {
                 reply_timeout: config.reply_timeout(),
@@ -191,7 +198,7 @@ async fn distributed(
     )
     .await
     .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??;
-    let outbox = KafkaOutbox::new(settings.producer()?, topics.mail(), config.reply_timeout());
+    let outbox = KafkaOutbox::new(producer, topics.mail(), config.reply_timeout());
     let secret = config
         .jwt_secret
         .clone()
@@ -320,7 +327,14 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()>
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)?.write_all(contents)
+    let mut file = options.open(path)?;
+    // `mode` applies only to a file this call creates; tighten an existing one too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents)
 }
 
 fn print_embedded_banner(config: &Config, address: SocketAddr) {

@@ -108,6 +108,15 @@ pub struct Config {
     #[arg(long, env = "SIGNIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub signin_failure_window_secs: u64,
 
+    /// Wrong codes allowed per address within VERIFY_FAILURE_WINDOW_SECS, across all its codes,
+    /// so requesting new codes does not buy unlimited guesses.
+    #[arg(long, env = "VERIFY_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub verify_max_failures: u64,
+
+    /// Window of the wrong-code limit, in seconds.
+    #[arg(long, env = "VERIFY_FAILURE_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub verify_failure_window_secs: u64,
+
     /// Requests per minute allowed per client IP on each auth endpoint (offices share addresses).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub rate_limit_per_minute: u64,
@@ -131,6 +140,10 @@ pub enum ConfigError {
     InvalidRedisUrl,
     #[error("KAFKA_BROKERS is empty")]
     EmptyBrokers,
+    #[error(
+        "REDIS_URL is set but KAFKA_BROKERS is not: refusing to start in embedded mode by accident (set KAFKA_BROKERS, or unset REDIS_URL to try embedded mode)"
+    )]
+    EmbeddedWithRedis,
     #[error("KAFKA_TOPIC_PREFIX: {0}")]
     TopicPrefix(#[from] broker_auth_contract::ContractError),
     #[error("could not read or create the embedded-mode JWT secret at {path}: {source}")]
@@ -174,6 +187,9 @@ impl Config {
             if len < MIN_JWT_SECRET_BYTES {
                 return Err(ConfigError::ShortJwtSecret(len));
             }
+        }
+        if self.kafka_brokers.is_none() && self.redis_url.is_some() {
+            return Err(ConfigError::EmbeddedWithRedis);
         }
         if let Some(brokers) = &self.kafka_brokers {
             if brokers.trim().is_empty() {
@@ -259,6 +275,16 @@ mod tests {
         assert!(config.is_embedded());
         assert!(!config.cookie_secure());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_redis_url_without_kafka_is_refused_rather_than_running_embedded() {
+        let config =
+            Config::try_parse_from(["broker-auth-api", "--redis-url", "redis://r:6379"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::EmbeddedWithRedis)
+        ));
     }
 
     #[test]

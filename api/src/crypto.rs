@@ -117,6 +117,12 @@ pub fn generate_otp() -> OtpCode {
     OtpCode::parse(&format!("{n:06}")).unwrap_or_else(|_| unreachable!())
 }
 
+/// A value of the same shape as a code hash that no code hashes to (it is not derived from one).
+pub fn random_unmatchable_hash() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}
+
 /// Compares two code hashes in constant time.
 pub fn otp_hashes_match(stored: &str, candidate: &str) -> bool {
     stored.as_bytes().ct_eq(candidate.as_bytes()).into()
@@ -139,7 +145,13 @@ pub enum HashError {
     Join(#[from] tokio::task::JoinError),
     #[error("hashing limiter closed")]
     Closed,
+    #[error("too many passwords waiting to be hashed")]
+    Busy,
 }
+
+/// How long a request waits for a hashing slot before the API answers 503: a burst queues
+/// briefly, a flood is turned away instead of piling up.
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 fn prehash(password: &str) -> String {
     base64::engine::general_purpose::STANDARD
@@ -162,12 +174,15 @@ impl PasswordHasher {
         })
     }
 
-    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HashError> {
+        tokio::time::timeout(HASH_QUEUE_WAIT, self.permits.acquire())
             .await
-            .map_err(|_| HashError::Closed)?;
+            .map_err(|_| HashError::Busy)?
+            .map_err(|_| HashError::Closed)
+    }
+
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let _permit = self.permit().await?;
         let prehashed = prehash(password);
         let cost = self.cost;
         Ok(tokio::task::spawn_blocking(move || bcrypt::hash(prehashed, cost)).await??)
@@ -176,11 +191,7 @@ impl PasswordHasher {
     /// Checks `password` against `hash`, or against the dummy hash when there is no user, doing
     /// the same work either way. A malformed stored hash counts as a mismatch.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Closed)?;
+        let _permit = self.permit().await?;
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.dummy_hash.to_string(), str::to_owned);
         let prehashed = prehash(password);

@@ -7,8 +7,11 @@ use std::fmt;
 pub struct EmailAddress(String);
 
 impl EmailAddress {
-    pub const MAX_LEN: usize = 254;
+    pub const MAX_LEN: usize = broker_auth_user_store::validation::MAX_EMAIL_BYTES;
 
+    /// Trims and lowercases, converts an internationalized domain to its ASCII (punycode) form so
+    /// one mailbox has one spelling, then applies the directory's own rules — one set of rules
+    /// for the API and the worker tier.
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let email = raw.trim().to_lowercase();
         if email.is_empty() {
@@ -20,27 +23,14 @@ impl EmailAddress {
         let Some((local, domain)) = email.rsplit_once('@') else {
             return Err("must be a valid email address");
         };
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local.starts_with('.')
-            && !local.ends_with('.')
-            && !local.contains("..")
-            && local
-                .chars()
-                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
-        let domain_ok = domain.contains('.')
-            && domain.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-            });
-        if local_ok && domain_ok {
-            Ok(Self(email))
-        } else {
-            Err("must be a valid email address")
+        if !local.is_ascii() {
+            return Err("must use only ASCII letters, digits and punctuation before the @");
         }
+        let domain = idna::domain_to_ascii(domain).map_err(|_| "must be a valid email address")?;
+        let email = format!("{local}@{domain}");
+        broker_auth_user_store::validation::check_email(&email)
+            .map_err(|_| "must be a valid email address")?;
+        Ok(Self(email))
     }
 
     pub fn as_str(&self) -> &str {
@@ -104,7 +94,8 @@ pub fn parse_offered_password(raw: &str) -> Result<&str, &'static str> {
     }
 }
 
-/// A display name: trimmed, 1 to 100 characters, no control characters.
+/// A display name: trimmed, then the directory's rules (not blank, at most 200 characters, no
+/// control characters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -112,14 +103,17 @@ impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let name = raw.trim();
         if name.is_empty() {
-            Err("is required")
-        } else if name.chars().count() > 100 {
-            Err("must be at most 100 characters")
-        } else if name.chars().any(char::is_control) {
-            Err("must not contain control characters")
-        } else {
-            Ok(Self(name.to_owned()))
+            return Err("is required");
         }
+        broker_auth_user_store::validation::check_name(name).map_err(|rejection| {
+            if name.chars().any(char::is_control) {
+                "must not contain control characters"
+            } else {
+                debug_assert_eq!(rejection.code, "invalid_name");
+                "must be at most 200 characters"
+            }
+        })?;
+        Ok(Self(name.to_owned()))
     }
 
     pub fn into_inner(self) -> String {
@@ -201,6 +195,14 @@ mod tests {
         for bad in ["", "12345", "1234567", "12345a", "１２３４５６"] {
             assert!(OtpCode::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn internationalized_domains_have_one_spelling() {
+        let unicode = EmailAddress::parse("Anna@Bücher.Example").unwrap();
+        let punycode = EmailAddress::parse("anna@xn--bcher-kva.example").unwrap();
+        assert_eq!(unicode, punycode);
+        assert!(EmailAddress::parse("ßx@example.com").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ async fn transport(topics: &Topics, reply_timeout: Duration) -> KafkaTransport {
     settings.topic_partitions = 1;
     KafkaTransport::start(
         &settings,
+        settings.producer().unwrap(),
         topics.clone(),
         RpcTiming {
             reply_timeout,

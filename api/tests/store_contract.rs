@@ -30,10 +30,12 @@ fn memory() -> Arc<dyn EphemeralStore> {
 macro_rules! for_both_stores {
     ($($name:ident),* $(,)?) => {
         mod redis_store {
-            $(#[tokio::test] async fn $name() { super::$name(super::redis().await).await })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::redis().await).await })*
         }
         mod memory_store {
-            $(#[tokio::test] async fn $name() { super::$name(super::memory()).await })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::memory()).await })*
         }
     };
 }
@@ -44,6 +46,8 @@ for_both_stores!(
     a_new_code_replaces_the_old_one_and_resets_attempts,
     codes_expire,
     concurrent_consumers_of_one_code_have_one_winner,
+    concurrent_attempts_are_counted_exactly,
+    a_consumed_code_is_restored_only_where_no_newer_one_exists,
     a_cooldown_blocks_until_it_ends,
     window_counters_count_and_reset,
     sessions_live_until_deleted_or_expired,
@@ -147,7 +151,7 @@ async fn codes_expire(store: Arc<dyn EphemeralStore>) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "code never expired");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -241,4 +245,69 @@ async fn sessions_live_until_deleted_or_expired(store: Arc<dyn EphemeralStore>) 
         );
         tokio::task::yield_now().await;
     }
+}
+
+async fn concurrent_attempts_are_counted_exactly(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let racers = (0..20).map(|_| {
+        let (store, email) = (store.clone(), email.clone());
+        tokio::spawn(async move { store.attempt_code(&email, 5).await.unwrap() })
+    });
+    let outcomes: Vec<CodeAttempt> = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let checks = outcomes
+        .iter()
+        .filter(|o| matches!(o, CodeAttempt::Check { .. }))
+        .count();
+    let burned = outcomes
+        .iter()
+        .filter(|o| matches!(o, CodeAttempt::Burned))
+        .count();
+    assert_eq!((checks, burned), (5, 15), "{outcomes:?}");
+}
+
+async fn a_consumed_code_is_restored_only_where_no_newer_one_exists(
+    store: Arc<dyn EphemeralStore>,
+) {
+    let email = email();
+    let old = record("old");
+    store
+        .put_code(&email, &old, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(store.consume_code(&email, "old").await.unwrap());
+    assert!(
+        store
+            .restore_code(&email, &old, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    match store.attempt_code(&email, 5).await.unwrap() {
+        CodeAttempt::Check { record, remaining } => {
+            assert_eq!(record.hash, "old");
+            assert!(remaining <= Duration::from_secs(30));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A newer code issued meanwhile is never overwritten by the old one.
+    assert!(store.consume_code(&email, "old").await.unwrap());
+    store
+        .put_code(&email, &record("new"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .restore_code(&email, &old, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(store.consume_code(&email, "new").await.unwrap());
 }

@@ -69,6 +69,7 @@ impl KafkaTransport {
     /// and starts it. The reader stops when `shutdown` is cancelled.
     pub async fn start(
         settings: &KafkaSettings,
+        producer: FutureProducer,
         topics: Topics,
         timing: RpcTiming,
         shutdown: CancellationToken,
@@ -78,7 +79,6 @@ impl KafkaTransport {
             partition_check,
         } = timing;
         broker_auth_kafka::ensure_topics(settings, &topics.all()).await?;
-        let producer = settings.producer()?;
         let consumer = Arc::new(
             settings.assigned_consumer(&format!("broker-auth-api-replies-{}", Uuid::new_v4()))?,
         );
@@ -118,18 +118,22 @@ impl KafkaTransport {
         let positioned = Arc::new(AtomicBool::new(true));
         tokio::spawn(
             read_replies(
-                ReplyReader {
-                    consumer: consumer.clone(),
-                    pending: pending.clone(),
-                    settings: settings.clone(),
-                    assigned: partitions.into_iter().collect(),
-                    partition_check,
-                    assigned_total: reply_partitions.clone(),
-                },
-                positioned.clone(),
-                shutdown,
+                consumer.clone(),
+                pending.clone(),
+                PositionedGuard(positioned.clone()),
+                shutdown.clone(),
             )
             .instrument(tracing::info_span!("reply_reader")),
+        );
+        tokio::spawn(
+            PartitionFollower {
+                consumer: consumer.clone(),
+                settings: settings.clone(),
+                assigned: partitions.into_iter().collect(),
+                assigned_total: reply_partitions.clone(),
+            }
+            .run(partition_check, shutdown)
+            .instrument(tracing::info_span!("reply_partition_follower")),
         );
         Ok(Self {
             reply_partitions,
@@ -143,20 +147,38 @@ impl KafkaTransport {
     }
 }
 
-/// What the reply reader owns.
-struct ReplyReader {
+/// Clears the transport's readiness when the reply reader ends, however it ends (a panic too).
+struct PositionedGuard(Arc<AtomicBool>);
+
+impl Drop for PositionedGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Watches the reply topics for added partitions, beside the reader so a slow metadata call
+/// never delays replies.
+struct PartitionFollower {
     consumer: Arc<StreamConsumer>,
-    pending: Pending,
     settings: KafkaSettings,
     /// Partitions assigned per reply topic.
     assigned: HashMap<String, i32>,
-    /// How often to look for partitions added to the reply topics (e.g. by the operator).
-    partition_check: Duration,
     /// Shared count of assigned partitions, for [`KafkaTransport::reply_partitions`].
     assigned_total: Arc<AtomicUsize>,
 }
 
-impl ReplyReader {
+impl PartitionFollower {
+    async fn run(mut self, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => self.follow_new_partitions().await,
+            }
+        }
+    }
+
     /// Assigns partitions added since the last look, from their beginning: a new partition
     /// holds only replies produced after it was created.
     async fn follow_new_partitions(&mut self) {
@@ -189,13 +211,16 @@ impl ReplyReader {
             }
             self.assigned.insert(topic, count.max(known));
         }
-        let total: i32 = self.assigned.values().sum();
-        self.assigned_total
-            .store(usize::try_from(total).unwrap_or(0), Ordering::Release);
-        if added.count() > 0
-            && let Err(error) = self.consumer.incremental_assign(&added)
-        {
-            tracing::warn!(%error, "could not assign new reply partitions");
+        if added.count() == 0 {
+            return;
+        }
+        match self.consumer.incremental_assign(&added) {
+            Ok(()) => {
+                let total: i32 = self.assigned.values().sum();
+                self.assigned_total
+                    .store(usize::try_from(total).unwrap_or(0), Ordering::Release);
+            }
+            Err(error) => tracing::warn!(%error, "could not assign new reply partitions"),
         }
     }
 }
@@ -208,20 +233,15 @@ impl KafkaTransport {
 }
 
 async fn read_replies(
-    mut reader: ReplyReader,
-    positioned: Arc<AtomicBool>,
+    consumer: Arc<StreamConsumer>,
+    pending: Pending,
+    _positioned: PositionedGuard,
     shutdown: CancellationToken,
 ) {
-    let mut partition_check = tokio::time::interval(reader.partition_check);
-    partition_check.tick().await;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = partition_check.tick() => {
-                reader.follow_new_partitions().await;
-                continue;
-            }
-            message = reader.consumer.recv() => message,
+            message = consumer.recv() => message,
         };
         let message = match message {
             Ok(message) => message,
@@ -241,7 +261,7 @@ async fn read_replies(
             );
             continue;
         };
-        let waiter = lock(&reader.pending).remove(&correlation_id);
+        let waiter = lock(&pending).remove(&correlation_id);
         match waiter {
             Some(waiter) => {
                 let _ = waiter.send(message.payload().unwrap_or_default().to_vec());
@@ -249,7 +269,6 @@ async fn read_replies(
             None => tracing::trace!(%correlation_id, "reply for another instance or too late"),
         }
     }
-    positioned.store(false, Ordering::Release);
 }
 
 #[async_trait]

@@ -1,6 +1,7 @@
 //! The five flows under `/api/v1/auth`.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,9 +15,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, Text};
 use crate::cookie::{clearing_cookie, session_cookie, session_token};
-use crate::crypto::{generate_otp, otp_hashes_match};
+use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
 use crate::store::{CodeAttempt, CodeRecord, Session};
 
@@ -40,7 +41,7 @@ impl FieldErrors {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct SignupRequest {
-    email: String,
+    email: Text,
 }
 
 /// 202 for every valid address: a code to a new one, an "account exists" notice to a known one.
@@ -49,7 +50,11 @@ pub async fn signup(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> Result<Response, ApiError> {
-    let email = EmailAddress::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
+    let email = body
+        .email
+        .as_str()
+        .and_then(EmailAddress::parse)
+        .map_err(|m| ApiError::field("email", m))?;
     let cooldown = format!("signup:{email}");
     if let Some(retry_after) = state
         .store
@@ -75,19 +80,27 @@ pub async fn signup(
 }
 
 async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), ApiError> {
-    let template = if state.directory.exists(email.as_str()).await? {
+    let exists = state.directory.exists(email.as_str()).await?;
+    let code = generate_otp();
+    // A registered address gets a record too, with a random hash no code can match, so both
+    // paths do the same work and verify behaves the same for them.
+    let hash = if exists {
+        random_unmatchable_hash()
+    } else {
+        state.keys.otp_hash(email, &code)
+    };
+    let record = CodeRecord {
+        hash,
+        request_id: Uuid::new_v4(),
+        attempts: 0,
+    };
+    state
+        .store
+        .put_code(email.as_str(), &record, state.policy.otp_ttl)
+        .await?;
+    let template = if exists {
         MailTemplate::AccountExists
     } else {
-        let code = generate_otp();
-        let record = CodeRecord {
-            hash: state.keys.otp_hash(email, &code),
-            request_id: Uuid::new_v4(),
-            attempts: 0,
-        };
-        state
-            .store
-            .put_code(email.as_str(), &record, state.policy.otp_ttl)
-            .await?;
         MailTemplate::SignupCode {
             code: code.as_str().to_owned(),
             expires_in_minutes: u32::try_from(state.policy.otp_ttl.as_secs().div_ceil(60))
@@ -107,10 +120,10 @@ async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct VerifyRequest {
-    email: String,
-    otp: String,
-    password: String,
-    name: String,
+    email: Text,
+    otp: Text,
+    password: Text,
+    name: Text,
 }
 
 /// Checks the code (attempt counted first, constant-time compare, consumed once), creates the
@@ -121,10 +134,13 @@ pub async fn verify(
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
-    let email = errors.check("email", EmailAddress::parse(&body.email));
-    let otp = errors.check("otp", OtpCode::parse(&body.otp));
-    let password = errors.check("password", NewPassword::parse(&body.password));
-    let name = errors.check("name", DisplayName::parse(&body.name));
+    let email = errors.check("email", body.email.as_str().and_then(EmailAddress::parse));
+    let otp = errors.check("otp", body.otp.as_str().and_then(OtpCode::parse));
+    let password = errors.check(
+        "password",
+        body.password.as_str().and_then(NewPassword::parse),
+    );
+    let name = errors.check("name", body.name.as_str().and_then(DisplayName::parse));
     let (email, otp, password, name) = errors.finish(
         email
             .zip(otp)
@@ -132,6 +148,16 @@ pub async fn verify(
             .map(|((e, o), (p, n))| (e, o, p, n)),
     )?;
 
+    // Counted before comparing and across codes, so fresh codes do not buy fresh guesses.
+    let failures_key = format!("verify-failures:{email}");
+    let (attempts, retry_after) = state
+        .store
+        .hit(&failures_key, state.policy.verify_failure_window)
+        .await?;
+    if attempts > state.policy.verify_max_failures {
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    let attempted_at = Instant::now();
     let (record, remaining) = match state
         .store
         .attempt_code(email.as_str(), state.policy.otp_max_attempts)
@@ -152,6 +178,7 @@ pub async fn verify(
         // A concurrent verify of the same code won.
         return Err(ApiError::InvalidCode);
     }
+    state.store.reset(&failures_key).await?;
 
     let created = async {
         let password_hash = state.hasher.hash(password.expose()).await?;
@@ -174,12 +201,15 @@ pub async fn verify(
         }
         Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
         Err(error) => {
-            // The account may not exist yet: give the code back so the person can retry. The
-            // retry reuses the request id, so a creation that did land late is not repeated.
-            if let Err(e) = state
-                .store
-                .put_code(email.as_str(), &record, remaining)
-                .await
+            // The account may not exist yet: give the code back, for what is left of its life,
+            // so the person can retry — unless a newer code was sent meanwhile. The retry
+            // reuses the request id, so a creation that did land late is not repeated.
+            let left = remaining.saturating_sub(attempted_at.elapsed());
+            if !left.is_zero()
+                && let Err(e) = state
+                    .store
+                    .restore_code(email.as_str(), &record, left)
+                    .await
             {
                 tracing::warn!(error = %e, "could not restore the code after a failed creation");
             }
@@ -191,8 +221,8 @@ pub async fn verify(
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct SigninRequest {
-    email: String,
-    password: String,
+    email: Text,
+    password: Text,
 }
 
 /// 200 with the user and the cookie; one 401 for an unknown address and a wrong password alike,
@@ -203,13 +233,21 @@ pub async fn signin(
     ApiJson(body): ApiJson<SigninRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
-    let email = errors.check("email", EmailAddress::parse(&body.email));
-    let password = errors.check("password", parse_offered_password(&body.password));
+    let email = errors.check("email", body.email.as_str().and_then(EmailAddress::parse));
+    let password = errors.check(
+        "password",
+        body.password.as_str().and_then(parse_offered_password),
+    );
     let (email, password) = errors.finish(email.zip(password))?;
 
+    // Counted before the password is checked, so parallel guesses cannot overrun the limit;
+    // a successful signin clears the count.
     let failures_key = format!("signin-failures:{email}");
-    let (failures, retry_after) = state.store.count(&failures_key).await?;
-    if failures >= state.policy.signin_max_failures {
+    let (attempts, retry_after) = state
+        .store
+        .hit(&failures_key, state.policy.signin_failure_window)
+        .await?;
+    if attempts > state.policy.signin_max_failures {
         return Err(ApiError::RateLimited { retry_after });
     }
     let credentials = state.directory.credentials(email.as_str()).await?;
@@ -225,13 +263,7 @@ pub async fn signin(
             state.store.reset(&failures_key).await?;
             start_session(&state, credentials.user, StatusCode::OK).await
         }
-        _ => {
-            state
-                .store
-                .hit(&failures_key, state.policy.signin_failure_window)
-                .await?;
-            Err(ApiError::InvalidCredentials)
-        }
+        _ => Err(ApiError::InvalidCredentials),
     }
 }
 

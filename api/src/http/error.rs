@@ -36,6 +36,8 @@ pub enum ApiError {
     AccountExists,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -60,7 +62,7 @@ impl ApiError {
             Self::MalformedJson(_) => (
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
-                "The request body is not valid JSON.",
+                "The request body must be a JSON object.",
             ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,6 +100,11 @@ impl ApiError {
                 "This address already has an account. Sign in instead.",
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource."),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This resource does not accept that method.",
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -119,6 +126,7 @@ impl IntoResponse for ApiError {
             // Details of server-side failures go to the log, never to the client.
             Self::Internal(detail) => tracing::error!(detail, "request failed"),
             Self::Unavailable(detail) => tracing::warn!(detail, "dependency unavailable"),
+            Self::MalformedJson(detail) => tracing::debug!(detail, "malformed request body"),
             _ => {}
         }
         let mut error = json!({ "code": code, "message": message });
@@ -172,7 +180,10 @@ impl From<OutboxError> for ApiError {
 
 impl From<crate::crypto::HashError> for ApiError {
     fn from(error: crate::crypto::HashError) -> Self {
-        Self::Internal(error.to_string())
+        match error {
+            crate::crypto::HashError::Busy => Self::Unavailable(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 

@@ -25,9 +25,43 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A text field of a request body: a string, absent (or `null`), or something else. Wrong types
+/// are reported per field with the other validation errors instead of failing the whole body.
+#[derive(Debug, Default)]
+pub enum Text {
+    #[default]
+    Missing,
+    Value(String),
+    NotAString,
+}
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match <serde_json::Value as serde::Deserialize>::deserialize(deserializer)? {
+                serde_json::Value::String(value) => Self::Value(value),
+                serde_json::Value::Null => Self::Missing,
+                _ => Self::NotAString,
+            },
+        )
+    }
+}
+
+impl Text {
+    /// The text to validate (`""` when absent, which the parsers call "required").
+    pub fn as_str(&self) -> Result<&str, &'static str> {
+        match self {
+            Self::Missing => Ok(""),
+            Self::Value(value) => Ok(value),
+            Self::NotAString => Err("must be a string"),
+        }
+    }
+}
+
 /// The client's IP: the socket peer, or — behind `trusted_hops` reverse proxies — the entry of
 /// `X-Forwarded-For` that the outermost trusted proxy appended. Entries further left are
-/// client-controlled and never trusted.
+/// client-controlled and never trusted. An entry may carry a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`); an unreadable one falls back to the peer.
 pub fn client_ip(
     headers: &HeaderMap,
     connect_info: Option<&ConnectInfo<SocketAddr>>,
@@ -37,21 +71,42 @@ pub fn client_ip(
     if trusted_hops == 0 {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(|entry| entry.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
+        .map(str::trim)
+        .collect();
     // The last `trusted_hops` entries were written by our proxies; the one they saw is at
     // index len - trusted_hops.
-    forwarded
+    entries
         .len()
         .checked_sub(usize::from(trusted_hops))
-        .and_then(|index| forwarded.get(index).copied())
+        .and_then(|index| entries.get(index))
+        .and_then(|entry| {
+            entry
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        })
         .or(peer)
+}
+
+/// The rate-limit bucket of an address: the address itself for IPv4, its /64 for IPv6 (one
+/// subscriber usually holds a whole /64, so single addresses would be free to rotate).
+pub fn rate_limit_key(ip: Option<IpAddr>) -> String {
+    match ip {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+        None => "unknown".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +142,44 @@ mod tests {
         assert_eq!(
             client_ip(&headers, Some(&peer()), 2),
             Some("6.6.6.6".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_entries_may_carry_ports_and_only_the_trusted_one_is_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("garbage, 1.2.3.4:5678"),
+        );
+        assert_eq!(
+            client_ip(&headers, Some(&peer()), 1),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::7]:443"),
+        );
+        assert_eq!(
+            client_ip(&headers, Some(&peer()), 1),
+            Some("2001:db8::7".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let a = rate_limit_key(Some("2001:db8:1:2::1".parse().unwrap()));
+        let b = rate_limit_key(Some("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let c = rate_limit_key(Some("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            rate_limit_key(Some("10.1.2.3".parse().unwrap())),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            rate_limit_key(Some("::ffff:10.1.2.3".parse().unwrap())),
+            "10.1.2.3"
         );
     }
 

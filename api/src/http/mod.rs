@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::crypto::{Keys, PasswordHasher};
@@ -32,6 +33,10 @@ pub use error::ApiError;
 /// The most a request body may hold.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The longest a request may take, body included. Far above any healthy request (bcrypt plus
+/// the directory's reply deadline), short enough that stuck connections are closed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Limits and lifetimes of the auth flows.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -41,6 +46,8 @@ pub struct Policy {
     pub resend_cooldown: Duration,
     pub signin_max_failures: u64,
     pub signin_failure_window: Duration,
+    pub verify_max_failures: u64,
+    pub verify_failure_window: Duration,
     pub rate_limit_per_minute: u64,
     pub trusted_proxy_hops: u8,
     pub cookie_secure: bool,
@@ -94,7 +101,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(ui::router())
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Slow clients cannot hold a connection (or a graceful shutdown) forever.
+        .layer(RequestBodyTimeoutLayer::new(REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -122,12 +136,11 @@ async fn rate_limit(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let ip = extract::client_ip(
+    let ip = extract::rate_limit_key(extract::client_ip(
         request.headers(),
         request.extensions().get::<ConnectInfo<SocketAddr>>(),
         state.policy.trusted_proxy_hops,
-    )
-    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    ));
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -147,7 +160,17 @@ async fn rate_limit(
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // Only known methods become label values: a client must not be able to mint new series.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -155,7 +178,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     state.metrics.observe_http(
         &route,
-        &method,
+        method,
         response.status().as_u16(),
         started.elapsed(),
     );

@@ -17,13 +17,17 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
     let directory = state.directory.ready().await;
-    let check = |result: &Result<(), String>| match result {
+    // The reasons go to the log; the port is public, so the body only says which check failed.
+    let check = |name: &str, result: &Result<(), String>| match result {
         Ok(()) => json!("ok"),
-        Err(reason) => json!(reason),
+        Err(reason) => {
+            tracing::warn!(check = name, reason, "not ready");
+            json!("unavailable")
+        }
     };
     let body = json!({
         "status": if store.is_ok() && directory.is_ok() { "ready" } else { "not_ready" },
-        "checks": { "store": check(&store), "directory": check(&directory) },
+        "checks": { "store": check("store", &store), "directory": check("directory", &directory) },
     });
     let status = if store.is_ok() && directory.is_ok() {
         StatusCode::OK

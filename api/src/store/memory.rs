@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -65,12 +65,18 @@ fn key(kind: &str, id: &str) -> String {
     format!("{kind}:{id}")
 }
 
-/// One entry of a snapshot file: the value and the time it had left.
+/// One entry of a snapshot file: the value and when it expires (Unix milliseconds), so time
+/// spent stopped counts against it.
 #[derive(Serialize, Deserialize)]
 struct SnapshotEntry {
     key: String,
     value: Value,
-    remaining_ms: u64,
+    expires_at_unix_ms: u64,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl MemoryStore {
@@ -94,10 +100,13 @@ impl MemoryStore {
                 Vec::new()
             }
         };
+        let wall_now = unix_ms(SystemTime::now());
         store.with(|map, now| {
             for entry in entries {
-                let ttl = Duration::from_millis(entry.remaining_ms);
-                map.insert(entry.key, entry.value, ttl, now);
+                if entry.expires_at_unix_ms > wall_now {
+                    let ttl = Duration::from_millis(entry.expires_at_unix_ms - wall_now);
+                    map.insert(entry.key, entry.value, ttl, now);
+                }
             }
         });
         store
@@ -105,6 +114,7 @@ impl MemoryStore {
 
     /// Writes the live entries with the time each has left (file mode 0600: it holds sessions).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let wall_now = SystemTime::now();
         let entries: Vec<SnapshotEntry> = self.with(|map, now| {
             map.entries
                 .iter()
@@ -112,10 +122,9 @@ impl MemoryStore {
                 .map(|(key, entry)| SnapshotEntry {
                     key: key.clone(),
                     value: entry.value.clone(),
-                    remaining_ms: u64::try_from(
-                        entry.expires.saturating_duration_since(now).as_millis(),
-                    )
-                    .unwrap_or(u64::MAX),
+                    expires_at_unix_ms: unix_ms(
+                        wall_now + entry.expires.saturating_duration_since(now),
+                    ),
                 })
                 .collect()
         });
@@ -159,6 +168,17 @@ impl EphemeralStore for MemoryStore {
                 record: record.clone(),
                 remaining: expires.saturating_duration_since(now),
             }
+        }))
+    }
+
+    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool> {
+        let key = key("otp", email);
+        Ok(self.with(|map, now| {
+            if map.live(&key, now).is_some() {
+                return false;
+            }
+            map.insert(key, Value::Code(record.clone()), ttl, now);
+            true
         }))
     }
 

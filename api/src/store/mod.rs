@@ -69,6 +69,9 @@ pub trait EphemeralStore: Send + Sync + 'static {
     /// correctly can still consume the code after later attempts burned it.
     async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt>;
 
+    /// Puts back a consumed code unless another one was issued meanwhile; `true` when restored.
+    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool>;
+
     /// Deletes the code if it still has `hash`. Exactly one of several concurrent callers gets `true`.
     async fn consume_code(&self, email: &str, hash: &str) -> Result<bool>;
 

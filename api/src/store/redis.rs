@@ -26,6 +26,14 @@ end
 return 0
 ";
 
+/// Puts a code back only where no newer one was issued in the meantime.
+const RESTORE_CODE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'h', ARGV[1], 'rid', ARGV[2], 'n', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
 const HIT: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
@@ -40,6 +48,7 @@ pub struct RedisStore {
     prefix: String,
     attempt_code: Script,
     consume_code: Script,
+    restore_code: Script,
     hit: Script,
 }
 
@@ -66,6 +75,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             attempt_code: Script::new(ATTEMPT_CODE),
             consume_code: Script::new(CONSUME_CODE),
+            restore_code: Script::new(RESTORE_CODE),
             hit: Script::new(HIT),
         })
     }
@@ -130,6 +140,20 @@ impl EphemeralStore for RedisStore {
                 })
             }
         }
+    }
+
+    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let restored: i64 = self
+            .restore_code
+            .key(self.key("otp", email))
+            .arg(&record.hash)
+            .arg(record.request_id.to_string())
+            .arg(record.attempts)
+            .arg(millis(ttl))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(restored == 1)
     }
 
     async fn consume_code(&self, email: &str, hash: &str) -> Result<bool> {

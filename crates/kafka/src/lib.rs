@@ -44,6 +44,8 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     /// Replication factor of topics this process creates when they are missing.
     pub replication_factor: i32,
+    /// How long a producer keeps trying to deliver a record (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
     /// Extra librdkafka properties (e.g. `security.protocol`), applied last.
     pub extra: Vec<(String, String)>,
 }
@@ -55,33 +57,37 @@ impl KafkaSettings {
             fetch_wait_max_ms: 10,
             topic_partitions: 3,
             replication_factor: 1,
+            delivery_timeout: Duration::from_secs(10),
             extra: Vec::new(),
         }
     }
 
-    /// The configuration every client starts from.
+    /// The configuration every client starts from, with the extra properties applied.
     pub fn base_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("socket.keepalive.enable", "true")
             .set("reconnect.backoff.max.ms", "1000");
+        self.apply_extra(&mut config);
+        config
+    }
+
+    /// Extra properties win over everything this crate sets, so they go on last.
+    fn apply_extra(&self, config: &mut ClientConfig) {
         for (key, value) in &self.extra {
             config.set(key, value);
         }
-        config
     }
 
     /// A producer tuned for the latency-critical request/reply path.
     pub fn producer(&self) -> Result<FutureProducer> {
         let mut config = self.base_config();
-        config
-            .set("linger.ms", "0")
-            .set("acks", "all")
-            .set("message.timeout.ms", "10000");
-        for (key, value) in &self.extra {
-            config.set(key, value);
-        }
+        config.set("linger.ms", "0").set("acks", "all").set(
+            "message.timeout.ms",
+            self.delivery_timeout.as_millis().max(1).to_string(),
+        );
+        self.apply_extra(&mut config);
         Ok(config.create()?)
     }
 
@@ -97,9 +103,7 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
-        for (key, value) in &self.extra {
-            config.set(key, value);
-        }
+        self.apply_extra(&mut config);
         Ok(config.create()?)
     }
 
@@ -116,9 +120,7 @@ impl KafkaSettings {
             .set("auto.offset.reset", "latest")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("fetch.error.backoff.ms", "50");
-        for (key, value) in &self.extra {
-            config.set(key, value);
-        }
+        self.apply_extra(&mut config);
         Ok(config.create()?)
     }
 

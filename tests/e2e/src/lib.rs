@@ -51,10 +51,14 @@ impl Running {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Cancels the app and waits for it to finish (at most [`PATIENCE`]).
+    /// Cancels the app and waits for it to finish, failing the test if it panicked or did not
+    /// stop within [`PATIENCE`].
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(PATIENCE, self.task).await;
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the app stops within the deadline")
+            .expect("the app did not panic");
     }
 }
 
@@ -288,6 +292,20 @@ impl TestEnv {
         assert_eq!(status, StatusCode::CREATED, "verify failed: {body}");
         client
     }
+}
+
+/// The sum of the Prometheus samples at `url` whose line starts with `prefix`.
+pub async fn metric_sum(url: &str, prefix: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The six digits in a code mail.

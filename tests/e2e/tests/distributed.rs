@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use broker_auth_contract::{RequestKind, Topics};
-use broker_auth_e2e::{Client, Mode, PATIENCE, REPLY_TIMEOUT, TestEnv};
+use broker_auth_e2e::{Client, Mode, PATIENCE, REPLY_TIMEOUT, TestEnv, metric_sum};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_testkit::services;
 use rdkafka::Message;
@@ -94,10 +94,13 @@ async fn a_poison_message_is_dead_lettered_while_the_worker_keeps_serving() {
     let topics = Topics::new(env.prefix.clone()).expect("a valid prefix");
     let settings = KafkaSettings::new(services::kafka_brokers());
     let producer = settings.producer().expect("a producer");
+    // Keyed like the user registered next, so the poison sits on the same partition, in front
+    // of that user's requests: a stalled partition would fail the registration.
+    let email = env.new_email();
     producer
         .send(
             FutureRecord::to(&topics.request(RequestKind::UserCreation))
-                .key("poison@example.com")
+                .key(&email)
                 .payload("{ this is not json"),
             Timeout::After(Duration::from_secs(10)),
         )
@@ -105,7 +108,6 @@ async fn a_poison_message_is_dead_lettered_while_the_worker_keeps_serving() {
         .expect("the poison record is produced");
 
     // The worker keeps answering.
-    let email = env.new_email();
     env.register(&email, PASSWORD).await;
 
     // And the poison record is on the dead-letter topic, with its reason.
@@ -145,7 +147,37 @@ async fn mail_sent_while_smtp_is_down_is_delivered_after_it_returns() {
         "signup must not wait on SMTP"
     );
 
+    // A delivery really failed (and will be retried) before SMTP comes back.
+    let metrics = env.dbproc.as_ref().expect("dbproc runs").url("/metrics");
+    let deadline = Instant::now() + PATIENCE;
+    while metric_sum(&metrics, "dbproc_mail_failed_attempts_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "no failed delivery was recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     env.smtp.restart().await.expect("the capture restarts");
     let code = env.code_for(&email).await;
     assert_eq!(code.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_consumed_while_dbproc_is_down_works_again_once_it_is_back() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    env.dbproc.take().expect("dbproc runs").stop().await;
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Patient").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    env.dbproc = Some(env.spawn_dbproc().await);
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Patient").await;
+    assert_eq!(status, StatusCode::CREATED, "the code was lost: {body}");
+    // Exactly one account, even though the first creation request may have landed late.
+    assert_eq!(
+        Client::new(env.api()).signin(&email, PASSWORD).await.0,
+        StatusCode::OK
+    );
 }

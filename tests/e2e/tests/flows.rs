@@ -22,6 +22,10 @@ macro_rules! in_both_modes {
 
 in_both_modes!(
     signup_verify_me_logout_signin_walks_the_whole_flow,
+    four_wrong_codes_still_leave_the_right_one_usable,
+    new_codes_do_not_buy_unlimited_guesses,
+    parallel_wrong_signins_cannot_overrun_the_failure_limit,
+    each_client_ip_is_limited_per_endpoint_whatever_it_forwards,
     a_wrong_code_is_refused_and_the_right_one_still_works,
     a_code_burns_after_five_wrong_attempts,
     concurrent_verifies_of_one_code_create_exactly_one_user,
@@ -253,10 +257,16 @@ async fn bad_input_gets_clear_errors_and_never_a_5xx(mode: Mode) {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, _) = client
+    let (status, body) = client
         .post("/signin", json!({ "email": ["x"], "password": 7 }))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["fields"]["email"], "must be a string");
+    assert_eq!(body["error"]["fields"]["password"], "must be a string");
+
+    let (status, body) = send(client.request(Method::GET, "/signup")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }
 
 async fn repeated_failed_signins_are_rate_limited(mode: Mode) {
@@ -307,5 +317,119 @@ async fn a_second_signup_within_the_cooldown_is_refused_with_retry_after(mode: M
     assert_eq!(
         client.verify(&email, &code, PASSWORD, "Ada").await.0,
         StatusCode::CREATED
+    );
+}
+
+async fn four_wrong_codes_still_leave_the_right_one_usable(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+    let wrong = if code == "999999" { "999998" } else { "999999" };
+    for _ in 0..4 {
+        assert_eq!(
+            client.verify(&email, wrong, PASSWORD, "Ada").await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn new_codes_do_not_buy_unlimited_guesses(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    // Two codes, five wrong guesses each: the address's ten guesses are used up.
+    let mut code = String::new();
+    for round in 0..2 {
+        assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+        let previous = code.clone();
+        let mail = env
+            .mail_for(&email, |mail| {
+                extract_code(&mail.text()).is_some_and(|c| c != previous)
+            })
+            .await;
+        code = extract_code(&mail.text()).expect("a code");
+        let wrong = if code == "999999" { "999998" } else { "999999" };
+        for _ in 0..5 {
+            let (status, body) = client.verify(&email, wrong, PASSWORD, "Ada").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "round {round}: {body}");
+        }
+    }
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let fresh = env
+        .mail_for(&email, |mail| {
+            extract_code(&mail.text()).is_some_and(|c| c != code)
+        })
+        .await;
+    let fresh = extract_code(&fresh.text()).expect("a code");
+    let response = client
+        .request(Method::POST, "/verify")
+        .json(&json!({ "email": email, "otp": fresh, "password": PASSWORD, "name": "Ada" }))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+async fn parallel_wrong_signins_cannot_overrun_the_failure_limit(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    env.register(&email, PASSWORD).await;
+    let guesses = (0..30).map(|i| {
+        let client = Client::new(env.api());
+        let email = email.clone();
+        async move { client.signin(&email, &format!("wrong guess {i}")).await.0 }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(checked, 10, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+}
+
+async fn each_client_ip_is_limited_per_endpoint_whatever_it_forwards(mode: Mode) {
+    let options = Options {
+        rate_limit_per_minute: 5,
+        ..Options::default()
+    };
+    let env = TestEnv::start_with(mode, options).await;
+    let client = Client::new(env.api());
+    for i in 0..5 {
+        let response = client
+            .request(Method::GET, "/me")
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A forged X-Forwarded-For does not open a new bucket: no proxy is trusted by default.
+    let response = client
+        .request(Method::GET, "/me")
+        .header("x-forwarded-for", "10.0.0.99")
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    // Other endpoints have buckets of their own.
+    assert_eq!(
+        client.signup("not-an-email").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
     );
 }
