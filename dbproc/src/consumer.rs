@@ -125,19 +125,9 @@ pub fn group_consumer(
     name: ConsumerName,
     metrics: Arc<Metrics>,
 ) -> KafkaResult<(GroupConsumer, Arc<AtomicBool>)> {
-    let mut config = kafka.base_config();
-    config
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string());
-    for (key, value) in &kafka.extra {
-        config.set(key, value);
-    }
+    let mut config = kafka.group_consumer_config(group_id);
+    // Set explicitly: the mail retry budget is checked against it at start.
+    config.set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string());
     let joined = Arc::new(AtomicBool::new(false));
     let context = MembershipContext {
         name,

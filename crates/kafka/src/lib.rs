@@ -94,6 +94,12 @@ impl KafkaSettings {
     /// A consumer in `group_id` that never commits on its own: callers store offsets after the
     /// work is durable and commit them.
     pub fn group_consumer(&self, group_id: &str) -> Result<StreamConsumer> {
+        Ok(self.group_consumer_config(group_id).create()?)
+    }
+
+    /// The configuration of [`KafkaSettings::group_consumer`], for callers that create the
+    /// consumer with a context of their own.
+    pub fn group_consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut config = self.base_config();
         config
             .set("group.id", group_id)
@@ -104,7 +110,7 @@ impl KafkaSettings {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         self.apply_extra(&mut config);
-        Ok(config.create()?)
+        config
     }
 
     /// A consumer for manual partition assignment (no group membership, no commits), e.g. the
