@@ -27,6 +27,9 @@ use broker_auth_kafka::rdkafka::message::BorrowedMessage;
 use broker_auth_kafka::rdkafka::topic_partition_list::TopicPartitionList;
 use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 use crate::metrics::{ConsumerLabels, Metrics};
 
 /// How long a worker may hold one record before librdkafka gives its partitions to another
@@ -135,6 +138,35 @@ pub fn group_consumer(
         metrics,
     };
     Ok((config.create_with_context(context)?, joined))
+}
+
+/// The next record of `consumer`, or `None` once `shutdown` is cancelled. librdkafka reconnects
+/// by itself after an error; the pause (`backoff`, growing with consecutive errors) keeps a
+/// broker outage from becoming a hot loop.
+pub async fn next_record<'c>(
+    consumer: &'c GroupConsumer,
+    name: ConsumerName,
+    backoff: &Backoff,
+    shutdown: &CancellationToken,
+) -> Option<BorrowedMessage<'c>> {
+    let mut consecutive_errors = 0;
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            received = consumer.recv() => received,
+        };
+        match received {
+            Ok(message) => return Some(message),
+            Err(error) => {
+                consecutive_errors += 1;
+                tracing::warn!(consumer = name.label(), %error, "consumer error");
+                if !backoff.wait(consecutive_errors, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Marks `message` done: stores its offset and commits asynchronously, so the lag the operator

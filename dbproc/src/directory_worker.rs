@@ -60,28 +60,14 @@ struct Request {
 impl DirectoryWorker {
     /// Consumes until `shutdown`; returns after the current record is done or abandoned.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut consecutive_errors = 0;
-        loop {
-            let received = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                received = self.consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => {
-                    consecutive_errors = 0;
-                    message
-                }
-                Err(error) => {
-                    // librdkafka reconnects by itself; pause so a broker outage is not a hot loop.
-                    consecutive_errors += 1;
-                    tracing::warn!(%error, "directory consumer error");
-                    if !self.store_retry.wait(consecutive_errors, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
+        while let Some(message) = consumer::next_record(
+            &self.consumer,
+            ConsumerName::Directory,
+            &self.store_retry,
+            &shutdown,
+        )
+        .await
+        {
             if self.process(&message, &shutdown).await.is_err() {
                 break;
             }

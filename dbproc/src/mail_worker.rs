@@ -29,27 +29,9 @@ impl MailWorker {
     /// Consumes until `shutdown`; a mail waiting between attempts is left uncommitted and
     /// picked up again at the next start.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut consecutive_errors = 0;
-        loop {
-            let received = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                received = self.consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => {
-                    consecutive_errors = 0;
-                    message
-                }
-                Err(error) => {
-                    consecutive_errors += 1;
-                    tracing::warn!(%error, "mail consumer error");
-                    if !self.retry.wait(consecutive_errors, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
+        while let Some(message) =
+            consumer::next_record(&self.consumer, ConsumerName::Mail, &self.retry, &shutdown).await
+        {
             let span = tracing::info_span!(
                 "mail",
                 partition = message.partition(),
