@@ -38,6 +38,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("cross-site request refused")]
+    CrossSite,
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -100,6 +102,11 @@ impl ApiError {
                 "This address already has an account. Sign in instead.",
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource."),
+            Self::CrossSite => (
+                StatusCode::FORBIDDEN,
+                "cross_site_request",
+                "Requests from other sites are not accepted.",
+            ),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/me", get(auth::me))
         .route("/logout", post(auth::logout))
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .route_layer(middleware::from_fn(refuse_cross_site))
         .layer(SetResponseHeaderLayer::overriding(
             CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -128,6 +129,22 @@ pub fn router(state: AppState) -> Router {
         }))
         .with_state(state);
     ui::with_security_headers(router)
+}
+
+/// Browsers label every request with where it came from; a request another site made is
+/// refused. The JSON endpoints are also safe through their content type (a cross-site form
+/// cannot send JSON without a CORS preflight, which this API never grants), but logout has no
+/// body, and this covers it and any future endpoint alike. Clients that are not browsers send
+/// no such header and are unaffected.
+async fn refuse_cross_site(request: Request, next: Next) -> Result<Response, ApiError> {
+    let cross_site = request
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site {
+        return Err(ApiError::CrossSite);
+    }
+    Ok(next.run(request).await)
 }
 
 /// Per client IP and endpoint, a fixed one-minute window.

@@ -26,6 +26,7 @@ in_both_modes!(
     new_codes_do_not_buy_unlimited_guesses,
     parallel_wrong_signins_cannot_overrun_the_failure_limit,
     each_client_ip_is_limited_per_endpoint_whatever_it_forwards,
+    a_request_another_site_made_is_refused,
     a_wrong_code_is_refused_and_the_right_one_still_works,
     a_code_burns_after_five_wrong_attempts,
     concurrent_verifies_of_one_code_create_exactly_one_user,
@@ -267,6 +268,34 @@ async fn bad_input_gets_clear_errors_and_never_a_5xx(mode: Mode) {
     let (status, body) = send(client.request(Method::GET, "/signup")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+async fn a_request_another_site_made_is_refused(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = env.register(&email, PASSWORD).await;
+    // What a cross-site form posting to /logout would look like from a browser.
+    let response = client
+        .request(Method::POST, "/logout")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(response.headers().get("set-cookie").is_none());
+    assert_eq!(
+        client.me().await.0,
+        StatusCode::OK,
+        "the session must survive"
+    );
+    // The page's own requests are same-origin.
+    let response = client
+        .request(Method::POST, "/logout")
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
 
 async fn repeated_failed_signins_are_rate_limited(mode: Mode) {
