@@ -148,7 +148,9 @@ impl TestEnv {
         &self.apis[0]
     }
 
-    fn api_args(&self) -> Vec<String> {
+    /// The command line of an API instance of this environment, program name first (for starting
+    /// the real binary too; it listens on the value after `--listen`).
+    pub fn api_args(&self) -> Vec<String> {
         let mut args: Vec<String> = [
             "broker-auth-api",
             "--listen",
@@ -347,21 +349,31 @@ pub struct Client {
 
 impl Client {
     pub fn new(api: &Running) -> Self {
+        Self::for_origin(&api.url(""))
+    }
+
+    /// A client of the API at `origin` (`http://host:port`), e.g. a separately started process.
+    pub fn for_origin(origin: &str) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .cookie_store(true)
                 .timeout(PATIENCE)
                 .build()
                 .expect("an HTTP client"),
-            base: api.url("/api/v1/auth"),
+            base: format!("{origin}/api/v1/auth"),
         }
     }
 
     /// The same cookie jar, pointed at another API instance.
     pub fn at(&self, api: &Running) -> Self {
+        self.with_origin(&api.url(""))
+    }
+
+    /// The same cookie jar, pointed at the API at `origin`.
+    pub fn with_origin(&self, origin: &str) -> Self {
         Self {
             http: self.http.clone(),
-            base: api.url("/api/v1/auth"),
+            base: format!("{origin}/api/v1/auth"),
         }
     }
 

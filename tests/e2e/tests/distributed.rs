@@ -1,5 +1,5 @@
-//! What only the distributed deployment has: several API instances on one Kafka, a worker tier
-//! that can stop, poison messages, and an SMTP server that can be down.
+//! What only the distributed deployment has: a worker tier that can stop, poison messages, and an
+//! SMTP server that can be down. (Several API processes on one Kafka: api/tests/two_processes.rs.)
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
 
@@ -16,34 +16,6 @@ use rdkafka::util::Timeout;
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "correct horse battery";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_api_instances_on_one_kafka_each_get_their_own_replies() {
-    let mut env = TestEnv::start(Mode::Distributed).await;
-    let second = env.spawn_api().await;
-    env.apis.push(second);
-
-    // Interleave flows across both instances; every reply must reach the instance that asked.
-    let flows = (0..6).map(|i| {
-        let env = &env;
-        async move {
-            let api = &env.apis[i % 2];
-            let other = &env.apis[(i + 1) % 2];
-            let email = env.new_email();
-            let client = Client::new(api);
-            assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
-            let code = env.code_for(&email).await;
-            // Verify on the other instance: codes and sessions live in shared Redis.
-            let client = client.at(other);
-            let (status, body) = client.verify(&email, &code, PASSWORD, "Twin").await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            let client = client.at(api);
-            assert_eq!(client.me().await.0, StatusCode::OK);
-            assert_eq!(client.signin(&email, PASSWORD).await.0, StatusCode::OK);
-        }
-    });
-    futures::future::join_all(flows).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_dbproc_stopped_requests_fail_fast_with_503_and_recover_when_it_returns() {
