@@ -75,7 +75,11 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
 
-    serve_external_metrics(&config, &client, store, kafka.clone(), shutdown.clone()).await?;
+    if config.external_metrics_enabled {
+        serve_external_metrics(&config, &client, store, kafka.clone(), shutdown.clone()).await?;
+    } else {
+        tracing::info!("external metrics API off (EXTERNAL_METRICS_ENABLED=false)");
+    }
 
     let holder = config
         .pod_name

@@ -33,6 +33,11 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
 
+    /// Serve the external metrics API. Off when the cluster's external metrics come from
+    /// elsewhere (KEDA) or the lag metric is not used; nothing then reads the front-proxy CA.
+    #[arg(long, env = "EXTERNAL_METRICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub external_metrics_enabled: bool,
+
     /// HTTPS listener of the external metrics API (the APIService's Service targets it).
     #[arg(long, env = "EXTERNAL_METRICS_LISTEN", default_value = "0.0.0.0:6443")]
     pub external_metrics_listen: SocketAddr,

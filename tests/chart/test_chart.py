@@ -606,3 +606,15 @@ def test_the_crd_requires_the_sender_address_dbproc_cannot_start_without() -> No
     del ba["spec"]["dbproc"]["mailFrom"]
     with pytest.raises(jsonschema.ValidationError, match="mailFrom"):
         jsonschema.validate(ba, schema)
+
+
+@pytest.mark.parametrize(
+    ("value_set", "enabled"),
+    [("defaults", "true"), ("keda-route", "false"), ("metrics-route-off", "false")],
+)
+def test_the_operator_serves_the_external_metrics_api_only_on_that_route(
+    rendered_sets: dict[str, Rendered], value_set: str, enabled: str
+) -> None:
+    deployment = rendered_sets[value_set].one("Deployment", f"{RELEASE_NAME}-operator")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["EXTERNAL_METRICS_ENABLED"] == enabled
