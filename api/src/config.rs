@@ -213,19 +213,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// A configuration for tests and examples: embedded mode, in-memory SQLite, port 0.
-    pub fn for_tests() -> Self {
-        Self::parse_from([
-            "broker-auth-api",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "sqlite::memory:",
-            "--bcrypt-cost",
-            "4",
-        ])
-    }
 }
 
 #[cfg(test)]
@@ -271,7 +258,7 @@ mod tests {
 
     #[test]
     fn embedded_mode_defaults_to_insecure_cookies_only_there() {
-        let config = Config::for_tests();
+        let config = Config::parse_from(["broker-auth-api", "--database-url", "sqlite::memory:"]);
         assert!(config.is_embedded());
         assert!(!config.cookie_secure());
         config.validate().unwrap();

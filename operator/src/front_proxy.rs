@@ -162,6 +162,13 @@ impl FrontProxyTrust {
         self.current.read().ok().map(|trust| Arc::clone(&trust))
     }
 
+    /// The trust for a TLS handshake; a handshake without it fails.
+    fn loaded_trust(&self) -> std::result::Result<Arc<Trust>, rustls::Error> {
+        self.trust().ok_or(rustls::Error::General(
+            "authentication state unavailable".into(),
+        ))
+    }
+
     pub fn is_configured(&self) -> bool {
         self.trust().is_some_and(|t| t.config.is_some())
     }
@@ -230,10 +237,7 @@ impl ClientCertVerifier for FrontProxyTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        self.trust()
-            .ok_or(rustls::Error::General(
-                "authentication state unavailable".into(),
-            ))?
+        self.loaded_trust()?
             .verifier
             .verify_client_cert(end_entity, intermediates, now)
     }
@@ -244,10 +248,7 @@ impl ClientCertVerifier for FrontProxyTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust()
-            .ok_or(rustls::Error::General(
-                "authentication state unavailable".into(),
-            ))?
+        self.loaded_trust()?
             .verifier
             .verify_tls12_signature(message, cert, dss)
     }
@@ -258,10 +259,7 @@ impl ClientCertVerifier for FrontProxyTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust()
-            .ok_or(rustls::Error::General(
-                "authentication state unavailable".into(),
-            ))?
+        self.loaded_trust()?
             .verifier
             .verify_tls13_signature(message, cert, dss)
     }
