@@ -153,7 +153,7 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 /// The controller with a watch on every kind of child, filtered to objects this operator made.
-async fn controller(
+pub async fn controller(
     config: &Config,
     client: Client,
     brokerauths: Api<BrokerAuth>,

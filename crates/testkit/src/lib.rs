@@ -3,6 +3,7 @@
 //! Tests run against real services. When one is missing, the helpers here fail the test with a
 //! message saying what to start — they never skip.
 
+pub mod counted_kafka;
 pub mod postgres;
 pub mod services;
 pub mod smtp;

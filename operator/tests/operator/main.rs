@@ -7,10 +7,12 @@
 
 mod crd;
 mod external_metrics;
+mod fake_api;
 mod kafka_cleanup;
 mod lag;
 mod leader;
 mod manifests;
+mod over_time;
 mod reconcile;
 mod settings;
 mod support;
