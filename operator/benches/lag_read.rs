@@ -1,6 +1,7 @@
-//! One read of dbproc's consumer lag over 3 request topics × 12 partitions, against a private
-//! tansu behind a counting proxy: how many Kafka requests it sends, of which kind, and its wall
-//! time. Needs tansu (`cargo install tansu --locked --features dynostore`).
+//! Reads of dbproc's consumer lag over 3 request topics × 12 partitions, as the operator does them
+//! (its long-lived clients: the first read also connects), against a private tansu behind a
+//! counting proxy: how many Kafka requests each read sends, of which kind, and its wall time.
+//! Needs tansu (`cargo install tansu --locked --features dynostore`).
 //!
 //!   cargo bench -p broker-auth-operator --bench lag_read
 
@@ -11,6 +12,7 @@ use broker_auth_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use broker_auth_kafka::rdkafka::producer::FutureRecord;
 use broker_auth_kafka::rdkafka::{Offset, TopicPartitionList};
 use broker_auth_operator::crd::UncommittedPartitionPolicy;
+use broker_auth_operator::kafka::{KafkaAdmin, RdKafkaAdmin};
 use broker_auth_testkit::counted_kafka::CountedKafka;
 
 const TOPICS: usize = 3;
@@ -35,11 +37,15 @@ async fn run() -> anyhow::Result<()> {
     );
     println!("| read | Kafka requests | by kind | wall time |");
     println!("|---|---|---|---|");
+    let admin = RdKafkaAdmin::default();
     kafka.reset();
     let mut lag = 0;
     for read in 1..=READS {
         let started = Instant::now();
-        lag = read_lag(&settings, &topics).await?;
+        lag = admin
+            .consumer_lag(&settings, GROUP, &topics, UncommittedPartitionPolicy::Earliest)
+            .await?
+            .total();
         let elapsed = started.elapsed();
         let requests = kafka.requests();
         kafka.reset();
@@ -53,18 +59,6 @@ async fn run() -> anyhow::Result<()> {
     }
     println!("total lag read: {lag}");
     Ok(())
-}
-
-async fn read_lag(settings: &KafkaSettings, topics: &[String]) -> anyhow::Result<i64> {
-    let lag = broker_auth_operator::lag::consumer_lag(
-        settings,
-        GROUP,
-        topics,
-        UncommittedPartitionPolicy::Earliest,
-        Duration::from_secs(5),
-    )
-    .await?;
-    Ok(lag.total())
 }
 
 /// Three records on every partition, and the group's commit at 1 on the even partitions.

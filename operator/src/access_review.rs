@@ -41,7 +41,7 @@ impl SubjectAccessReviewer {
         }
     }
 
-    /// May `user` get `metric` in `namespace`?
+    /// May `user` list `metric` in `namespace`?
     pub async fn may_read_metric(
         &self,
         user: &UserInfo,
@@ -63,7 +63,10 @@ impl SubjectAccessReviewer {
                 groups: Some(user.groups.clone()),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_owned()),
-                    verb: Some("get".into()),
+                    // The HPA asks for `…/namespaces/{ns}/{metric}`, a collection: the
+                    // kube-apiserver's authorizer sees that GET as `list`, and so does the
+                    // aggregator's (k8s.io/apiserver's RequestInfo).
+                    verb: Some("list".into()),
                     group: Some(GROUP.into()),
                     version: Some("v1beta1".into()),
                     resource: Some(metric.to_owned()),

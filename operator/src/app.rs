@@ -1,21 +1,21 @@
 //! Wiring: the Kubernetes client, the HTTP servers, leader election and the controller.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DynamicObject};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_review::SubjectAccessReviewer;
 use crate::config::Config;
 use crate::crd::BrokerAuth;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::external_metrics::{self, ExternalMetricsState};
 use crate::front_proxy::{self, FrontProxyTrust};
 use crate::kafka::{KafkaAdmin, RdKafkaAdmin};
@@ -33,54 +33,107 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::resources::{self, MANAGER};
 use crate::tls::{self, CertSource, ReloadableCert};
+use crate::watch::{
+    BrokerAuthWatch, child_changes, deployment_fingerprint, scaled_object_changes, spec_fingerprint,
+};
 
-/// Runs until SIGTERM/SIGINT, or returns an error when leadership is lost (the pod restarts and
-/// rejoins as a follower, as client-go's controllers do).
+/// Runs until SIGTERM/SIGINT. Losing the lease only stops reconciling: the replica keeps serving
+/// metrics and becomes a candidate again.
 pub async fn run(config: Config) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-
     let client = Client::try_default().await?;
-    let metrics = Arc::new(Metrics::default());
-    let kafka: Arc<dyn KafkaAdmin> = Arc::new(RdKafkaAdmin);
-    let brokerauths: Api<BrokerAuth> = match &config.watch_namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
+    let kafka: Arc<dyn KafkaAdmin> = Arc::new(RdKafkaAdmin::default());
+    let replica = Replica::start(config, client, kafka, shutdown).await?;
+    replica.stopped().await
+}
 
-    // Every replica serves the lag, leader or not: the APIService's Service picks any of them.
-    let (store, writer) = reflector::store();
-    let watch = reflector::reflector(
-        writer,
-        watcher(brokerauths.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
-    let watch_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = watch => {}
-            _ = watch_shutdown.cancelled() => {}
-        }
-    });
+/// One operator process: its HTTP servers, its BrokerAuth watch and its leader election.
+pub struct Replica {
+    /// Where /metrics, /healthz and /readyz are served.
+    pub metrics_addr: SocketAddr,
+    /// Where the external metrics API is served, when it is.
+    pub external_metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    running: tokio::task::JoinHandle<Result<()>>,
+}
 
-    let metrics_listener = TcpListener::bind(config.metrics_listen).await?;
-    tracing::info!(addr = %metrics_listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let http = axum::serve(metrics_listener, health_router(metrics.clone()))
+impl Replica {
+    /// Binds the listeners, starts the watch and the servers, and campaigns for leadership in
+    /// the background. Everything stops with `shutdown`.
+    pub async fn start(
+        config: Config,
+        client: Client,
+        kafka: Arc<dyn KafkaAdmin>,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let brokerauths: Api<BrokerAuth> = match &config.watch_namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        };
+        let watch = BrokerAuthWatch::start(brokerauths, shutdown.clone());
+
+        let metrics_listener = TcpListener::bind(config.metrics_listen).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        tracing::info!(addr = %metrics_addr, "serving /metrics, /healthz, /readyz");
+        let http = axum::serve(
+            metrics_listener,
+            health_router(metrics.clone(), watch.store.clone()),
+        )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::spawn(async move {
-        if let Err(error) = http.await {
-            tracing::error!(%error, "metrics server failed");
-        }
-    });
+        tokio::spawn(async move {
+            if let Err(error) = http.await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
 
-    if config.external_metrics_enabled {
-        serve_external_metrics(&config, &client, store, kafka.clone(), shutdown.clone()).await?;
-    } else {
-        tracing::info!("external metrics API off (EXTERNAL_METRICS_ENABLED=false)");
+        let external_metrics_addr = if config.external_metrics_enabled {
+            Some(
+                serve_external_metrics(
+                    &config,
+                    &client,
+                    watch.store.clone(),
+                    kafka.clone(),
+                    shutdown.clone(),
+                )
+                .await?,
+            )
+        } else {
+            tracing::info!("external metrics API off (EXTERNAL_METRICS_ENABLED=false)");
+            None
+        };
+
+        let context = Arc::new(Context::new(
+            client.clone(),
+            kafka,
+            metrics.clone(),
+            config.pod_name.clone(),
+            config.lag_refresh_interval(),
+        ));
+        let running = tokio::spawn(lead_when_elected(config, client, watch, context, shutdown));
+        Ok(Self {
+            metrics_addr,
+            external_metrics_addr,
+            metrics,
+            running,
+        })
     }
 
+    /// Waits until the replica has stopped (after `shutdown`).
+    pub async fn stopped(self) -> Result<()> {
+        self.running.await?
+    }
+}
+
+/// Campaigns for the lease and reconciles while holding it, until `shutdown`.
+async fn lead_when_elected(
+    config: Config,
+    client: Client,
+    watch: BrokerAuthWatch,
+    context: Arc<Context>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let holder = config
         .pod_name
         .clone()
@@ -95,104 +148,102 @@ pub async fn run(config: Config) -> Result<()> {
         holder.clone(),
         config.lease_duration(),
     );
-    if config.leader_election {
-        tracing::info!(lease = %config.lease_name, %holder, "waiting for leadership");
-        if !lock.acquire(&shutdown).await {
-            return Ok(());
+    loop {
+        if config.leader_election {
+            tracing::info!(lease = %config.lease_name, %holder, "waiting for leadership");
+            if !lock.acquire(&shutdown).await {
+                return Ok(());
+            }
+            tracing::info!(%holder, "leading");
         }
-        tracing::info!(%holder, "leading");
-    }
-    let lost = shutdown.child_token();
-    let renewing = {
-        let lost = lost.clone();
-        let election = config.leader_election;
-        let lock = &lock;
-        async move {
-            if election {
-                lock.keep_renewing(lost).await;
+        let lost = shutdown.child_token();
+        let renewing = async {
+            if config.leader_election {
+                lock.keep_renewing(lost.clone()).await;
             } else {
                 lost.cancelled().await;
             }
-        }
-    };
+        };
+        let reconciling = controller(&config, client.clone(), &watch)
+            .graceful_shutdown_on(lost.clone().cancelled_owned())
+            .run(
+                reconcile::reconcile,
+                reconcile::error_policy,
+                context.clone(),
+            )
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile error");
+                }
+            });
+        tokio::join!(reconciling, renewing);
 
-    let context = Arc::new(Context {
-        client: client.clone(),
-        kafka,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(holder),
-            },
-        ),
-        metrics,
-    });
-    let controller = controller(&config, client.clone(), brokerauths)
-        .await
-        .graceful_shutdown_on(lost.clone().cancelled_owned())
-        .run(reconcile::reconcile, reconcile::error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
+        if shutdown.is_cancelled() {
+            if config.leader_election
+                && let Err(error) = lock.release().await
+            {
+                tracing::warn!(%error, "could not release the lease");
             }
-        });
-    tokio::join!(controller, renewing);
-
-    if shutdown.is_cancelled() {
-        if config.leader_election
-            && let Err(error) = lock.release().await
-        {
-            tracing::warn!(%error, "could not release the lease");
+            tracing::info!("stopped");
+            return Ok(());
         }
-        tracing::info!("stopped");
-        Ok(())
-    } else {
-        Err(Error::LostLeadership)
+        // Another replica leads now; this one keeps serving metrics and stands by.
+        tracing::warn!(%holder, "lost the lease; following");
     }
 }
 
-/// The controller with a watch on every kind of child, filtered to objects this operator made.
-pub async fn controller(
+/// The controller: BrokerAuth changes from `watch` (generation, finalizers, deletion), every
+/// BrokerAuth once at the start, and the children the operator owns, filtered to objects this
+/// operator made. The lag refresh is the requeue every reconcile ends with.
+pub fn controller(
     config: &Config,
     client: Client,
-    brokerauths: Api<BrokerAuth>,
+    watch: &BrokerAuthWatch,
 ) -> Controller<BrokerAuth> {
     let children = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
     let namespace = config.watch_namespace.as_deref();
-    let mut controller = Controller::new(brokerauths, watcher::Config::default().any_semantic())
-        .owns(child_api::<ConfigMap>(&client, namespace), children.clone())
-        .owns(
+    let store = watch.store.clone();
+    Controller::for_stream(watch.changes(), watch.store.clone())
+        // A new leader subscribes after the store filled: what it already holds is reconciled once.
+        .reconcile_all_on(stream::once(async move {
+            let _ = store.wait_until_ready().await;
+        }))
+        .owns_stream(child_changes(
+            child_api::<ConfigMap>(&client, namespace),
+            children.clone(),
+            spec_fingerprint::<ConfigMap>,
+        ))
+        .owns_stream(child_changes(
             child_api::<Deployment>(&client, namespace),
             children.clone(),
-        )
-        .owns(child_api::<Service>(&client, namespace), children.clone())
-        .owns(
+            deployment_fingerprint,
+        ))
+        .owns_stream(child_changes(
+            child_api::<Service>(&client, namespace),
+            children.clone(),
+            spec_fingerprint::<Service>,
+        ))
+        .owns_stream(child_changes(
             child_api::<HorizontalPodAutoscaler>(&client, namespace),
             children.clone(),
-        )
-        .owns(
+            spec_fingerprint::<HorizontalPodAutoscaler>,
+        ))
+        .owns_stream(child_changes(
             child_api::<PodDisruptionBudget>(&client, namespace),
             children.clone(),
-        );
-    // Watching a kind the cluster does not serve would fail forever, so ScaledObjects are
-    // owned only where KEDA is installed.
-    let keda = client
-        .list_api_groups()
-        .await
-        .map(|groups| groups.groups.iter().any(|g| g.name == "keda.sh"))
-        .unwrap_or(false);
-    if keda {
-        let resource = resources::keda_scaled_object_resource();
-        let api = match namespace {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
-            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
-        };
-        controller = controller.owns_with(api, resource, children);
-    }
-    controller
+            spec_fingerprint::<PodDisruptionBudget>,
+        ))
+        .owns_stream_with(
+            scaled_object_changes(
+                client,
+                namespace.map(str::to_owned),
+                children,
+                reconcile::KEDA_CHECK_INTERVAL,
+            ),
+            resources::keda_scaled_object_resource(),
+        )
 }
 
 fn child_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -211,7 +262,7 @@ async fn serve_external_metrics(
     store: Store<BrokerAuth>,
     kafka: Arc<dyn KafkaAdmin>,
     shutdown: CancellationToken,
-) -> Result<()> {
+) -> Result<SocketAddr> {
     let source = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => CertSource::Files {
             cert: cert.clone(),
@@ -240,7 +291,8 @@ async fn serve_external_metrics(
         );
     }
     let listener = TcpListener::bind(config.external_metrics_listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving external.metrics.k8s.io over HTTPS");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving external.metrics.k8s.io over HTTPS");
     let front_proxy = FrontProxyTrust::unconfigured();
     tokio::spawn(front_proxy::keep_loaded(
         front_proxy.clone(),
@@ -262,14 +314,28 @@ async fn serve_external_metrics(
             tracing::error!(%error, "external metrics server failed");
         }
     });
-    Ok(())
+    Ok(addr)
 }
 
-/// /metrics, /healthz and /readyz on plain HTTP.
-pub fn health_router(metrics: Arc<Metrics>) -> Router {
+/// /metrics, /healthz and /readyz on plain HTTP. Ready once the BrokerAuth watch has listed
+/// everything, so the Service sends metric reads only to replicas that can answer them.
+pub fn health_router(metrics: Arc<Metrics>, brokerauths: Store<BrokerAuth>) -> Router {
+    let readyz = get(move || {
+        let brokerauths = brokerauths.clone();
+        async move {
+            if brokerauths.wait_until_ready().now_or_never().is_some() {
+                (http::StatusCode::OK, "ok")
+            } else {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "BrokerAuths not listed yet",
+                )
+            }
+        }
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", readyz)
         .route(
             "/metrics",
             get(|State(metrics): State<Arc<Metrics>>| async move {

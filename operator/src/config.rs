@@ -25,6 +25,22 @@ pub enum Command {
     Run,
     /// Print the BrokerAuth CRD as YAML (the content of k8s/crd.yaml).
     Crd,
+    /// Delete the BrokerAuths carrying a label and wait until they are gone (the Helm chart's
+    /// pre-delete hook runs this while the operator can still clean up after them).
+    DeleteBrokerauths(DeleteBrokerAuths),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeleteBrokerAuths {
+    /// Namespace of the BrokerAuths.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Label selector naming the BrokerAuths to delete, e.g. `app.kubernetes.io/instance=my-release`.
+    #[arg(long)]
+    pub selector: String,
+    /// How long to wait for them to be gone before failing.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,10 +90,18 @@ pub struct Config {
     /// Watch only this namespace (all namespaces when unset).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+
+    /// How often each BrokerAuth's lag and status are refreshed (at least 1).
+    #[arg(long, env = "LAG_REFRESH_SECONDS", default_value_t = 15)]
+    pub lag_refresh_seconds: u64,
 }
 
 impl Config {
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration_seconds.max(3))
+    }
+
+    pub fn lag_refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.lag_refresh_seconds.max(1))
     }
 }

@@ -17,6 +17,10 @@ pub const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A Secret data key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// `host:port[,host:port…]`, each optionally `PROTOCOL://`-prefixed as librdkafka allows, the
+/// host a name, an IPv4 address or a bracketed IPv6 address. (CEL uses RE2; this is plain enough
+/// for any regex engine.) [`bootstrap_servers_problem`] says the same in Rust.
+pub const BOOTSTRAP_SERVERS_RULE: &str = r"self.matches('^(([A-Za-z_]+://)?([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5})(,([A-Za-z_]+://)?([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5})*$')";
 
 /// A broker-auth installation: the API tier, the dbproc worker tier, their autoscalers and
 /// their Kafka topics.
@@ -37,6 +41,7 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = require_dbproc)]
+#[x_kube(validation = Rule::new("self.dbproc.minReplicas >= 1 || (has(self.autoscaling) && has(self.autoscaling.provider) && self.autoscaling.provider == 'Keda')").message("dbproc.minReplicas 0 needs autoscaling.provider Keda: only KEDA scales a Deployment to and from zero"))]
 pub struct BrokerAuthSpec {
     pub image: ImageSpec,
     pub kafka: KafkaSpec,
@@ -97,6 +102,7 @@ impl PullPolicy {
 pub struct KafkaSpec {
     /// `host:port[,host:port…]` of the Kafka cluster.
     #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new(BOOTSTRAP_SERVERS_RULE).message("bootstrapServers must be host:port[,host:port...]"))]
     pub bootstrap_servers: String,
     /// Partitions of topics the operator creates. Request topics get at least
     /// `dbproc.maxReplicas` partitions, since more consumers than partitions sit idle.
@@ -216,8 +222,9 @@ fn yes() -> bool {
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("dbproc.minReplicas must not exceed dbproc.maxReplicas"))]
 #[schemars(transform = require_mail_from)]
 pub struct DbprocSpec {
+    /// 0 (scale to zero while no request waits) only with `autoscaling.provider: Keda`.
     #[serde(default = "default_dbproc_min_replicas")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: i32,
     #[serde(default = "default_dbproc_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
@@ -290,7 +297,7 @@ fn default_lag_per_replica() -> i64 {
     50
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
     /// Who feeds dbproc's lag to the autoscaler.
@@ -303,6 +310,62 @@ pub struct AutoscalingSpec {
     /// consumers than there are partitions (KEDA's default; turn off to allow idle consumers).
     #[serde(default = "yes")]
     pub cap_lag_at_partitions: bool,
+}
+
+// Written out rather than derived: a derived Default would leave `capLagAtPartitions` false
+// whenever `autoscaling` is omitted, and the generated schema's default for the block with it.
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            provider: LagMetricsProvider::default(),
+            uncommitted_partitions: UncommittedPartitionPolicy::default(),
+            cap_lag_at_partitions: true,
+        }
+    }
+}
+
+/// Why `servers` is not a bootstrap list (the CRD's CEL rule, for objects stored before it or
+/// clusters without CEL), or `None`.
+pub fn bootstrap_servers_problem(servers: &str) -> Option<String> {
+    let valid_host = |host: &str| {
+        let ipv6 = host.len() > 2
+            && host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        let name = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && !host.starts_with(['-', '.'])
+            && !host.ends_with(['-', '.']);
+        ipv6 || name
+    };
+    for server in servers.split(',') {
+        let address = match server.split_once("://") {
+            Some((protocol, rest))
+                if !protocol.is_empty()
+                    && protocol
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic() || c == '_') =>
+            {
+                rest
+            }
+            Some(_) => return Some(format!("{server:?} has a malformed protocol prefix")),
+            None => server,
+        };
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return Some(format!("{server:?} is not host:port"));
+        };
+        if !valid_host(host) {
+            return Some(format!("{server:?} has no valid host"));
+        }
+        if port.is_empty() || port.len() > 5 || !port.chars().all(|c| c.is_ascii_digit()) {
+            return Some(format!("{server:?} has no valid port"));
+        }
+    }
+    None
 }
 
 /// Only one provider of `external.metrics.k8s.io` fits in a cluster.

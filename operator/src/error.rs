@@ -26,8 +26,10 @@ pub enum Error {
     FrontProxy(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error("lost the leader lease to another replica")]
-    LostLeadership,
+    #[error("reading consumer lag: {0}")]
+    Lag(String),
+    #[error("uninstall: {0}")]
+    Uninstall(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -51,7 +53,8 @@ impl Error {
             Error::Tls(_) => "tls",
             Error::FrontProxy(_) => "front_proxy",
             Error::Join(_) => "join",
-            Error::LostLeadership => "lost_leadership",
+            Error::Lag(_) => "kafka",
+            Error::Uninstall(_) => "uninstall",
             Error::Io(_) => "io",
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Extension, Path, Query, State};
@@ -29,6 +30,8 @@ use crate::resources::{INSTANCE_LABEL, LAG_METRIC};
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+/// How long a metric read waits for a replica that just started to list the BrokerAuths.
+pub const STORE_READY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct ExternalMetricsState {
@@ -172,6 +175,15 @@ async fn metric_values(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("no external metric {metric:?}; this server serves {LAG_METRIC}"),
+        );
+    }
+    // Until the watch has listed the BrokerAuths, "none matches" would be a lie the HPA acts on.
+    let listed = tokio::time::timeout(STORE_READY_WAIT, state.brokerauths.wait_until_ready()).await;
+    if !matches!(listed, Ok(Ok(()))) {
+        return status_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the operator has not listed the BrokerAuths yet".into(),
         );
     }
     let selector = match parse_equality_selector(query.label_selector.as_deref().unwrap_or("")) {

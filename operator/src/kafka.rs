@@ -1,17 +1,20 @@
 //! What reconcile and the metrics API need from Kafka, behind a trait so reconcile can be
 //! tested against a mock API server without a broker.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use broker_auth_kafka::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::crd::UncommittedPartitionPolicy;
 use crate::error::{Error, Result};
-use crate::lag::{self, ConsumerLag};
+use crate::lag::{self, ConsumerLag, PartitionOffsets};
 
 /// How long one Kafka admin or offset request may take.
 pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,9 +163,87 @@ fn whole_request_failed(
     }
 }
 
-/// The real thing, on librdkafka.
-#[derive(Debug, Default, Clone)]
-pub struct RdKafkaAdmin;
+/// The real thing, on librdkafka, with long-lived clients per Kafka cluster.
+#[derive(Default)]
+pub struct RdKafkaAdmin {
+    clusters: Mutex<HashMap<String, Arc<ClusterClients>>>,
+}
+
+/// The clients the operator keeps for one Kafka cluster (one bootstrap list and its extra
+/// properties), reused by every reconcile and metric read: an admin client, a consumer outside
+/// any group for metadata and ListOffsets, and, since librdkafka binds OffsetFetch to a
+/// consumer's `group.id`, one consumer per consumer group whose commits are read (never joined).
+pub struct ClusterClients {
+    admin: AdminClient<DefaultClientContext>,
+    offsets: Arc<BaseConsumer>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    settings: KafkaSettings,
+}
+
+impl ClusterClients {
+    fn new(settings: &KafkaSettings) -> Result<Self> {
+        Ok(Self {
+            admin: settings.base_config().create()?,
+            offsets: Arc::new(settings.base_config().create()?),
+            groups: Mutex::new(HashMap::new()),
+            settings: settings.clone(),
+        })
+    }
+
+    /// The consumer that reads `group`'s commits.
+    fn group(&self, group: &str) -> Result<Arc<BaseConsumer>> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(consumer) = groups.get(group) {
+            return Ok(consumer.clone());
+        }
+        let mut config = self.settings.base_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: Arc<BaseConsumer> = Arc::new(config.create()?);
+        groups.insert(group.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Offsets of every partition of `topics` for `group`, in a few batched requests.
+    pub async fn offsets(
+        &self,
+        group: &str,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(String, i32, PartitionOffsets)>> {
+        let metadata = self.offsets.clone();
+        let group = self.group(group)?;
+        let topics = topics.to_vec();
+        // librdkafka's offset calls block; keep them off the async runtime.
+        tokio::task::spawn_blocking(move || lag::read_offsets(&metadata, &group, &topics, timeout))
+            .await?
+    }
+}
+
+impl RdKafkaAdmin {
+    /// The clients for the cluster `settings` reach, made on first use.
+    pub fn clients(&self, settings: &KafkaSettings) -> Result<Arc<ClusterClients>> {
+        let key = cluster_key(settings);
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(clients) = clusters.get(&key) {
+            return Ok(clients.clone());
+        }
+        let clients = Arc::new(ClusterClients::new(settings)?);
+        clusters.insert(key, clients.clone());
+        Ok(clients)
+    }
+}
+
+/// Clients are shared by everything reaching the same brokers with the same properties.
+fn cluster_key(settings: &KafkaSettings) -> String {
+    let mut key = settings.brokers.clone();
+    for (name, value) in &settings.extra {
+        key.push_str(&format!("\n{name}={value}"));
+    }
+    key
+}
 
 #[async_trait]
 impl KafkaAdmin for RdKafkaAdmin {
@@ -173,7 +254,10 @@ impl KafkaAdmin for RdKafkaAdmin {
         min_partitions: i32,
     ) -> Result<TopicReport> {
         broker_auth_kafka::ensure_topics(settings, topics).await?;
-        let counts = broker_auth_kafka::partition_counts(settings, topics, KAFKA_TIMEOUT).await?;
+        let counts = self
+            .clients(settings)?
+            .partition_counts(topics, KAFKA_TIMEOUT)
+            .await?;
         Ok(TopicReport {
             under_partitioned: counts
                 .into_iter()
@@ -189,7 +273,11 @@ impl KafkaAdmin for RdKafkaAdmin {
         topics: &[String],
         policy: UncommittedPartitionPolicy,
     ) -> Result<ConsumerLag> {
-        lag::consumer_lag(settings, group, topics, policy, KAFKA_TIMEOUT).await
+        let offsets = self
+            .clients(settings)?
+            .offsets(group, topics, KAFKA_TIMEOUT)
+            .await?;
+        Ok(ConsumerLag::from_offsets(&offsets, policy))
     }
 
     async fn delete_consumer_groups(
@@ -197,10 +285,10 @@ impl KafkaAdmin for RdKafkaAdmin {
         settings: &KafkaSettings,
         groups: &[String],
     ) -> Result<Vec<LeftInKafka>> {
-        let admin: AdminClient<DefaultClientContext> = settings.base_config().create()?;
+        let clients = self.clients(settings)?;
         let names: Vec<&str> = groups.iter().map(String::as_str).collect();
         let options = AdminOptions::new().request_timeout(Some(KAFKA_TIMEOUT));
-        match admin.delete_groups(&names, &options).await {
+        match clients.admin.delete_groups(&names, &options).await {
             Ok(answers) => {
                 sort_answers("consumer group", answers, RDKafkaErrorCode::GroupIdNotFound)
             }
@@ -213,15 +301,29 @@ impl KafkaAdmin for RdKafkaAdmin {
         settings: &KafkaSettings,
         topics: &[String],
     ) -> Result<Vec<LeftInKafka>> {
-        let admin: AdminClient<DefaultClientContext> = settings.base_config().create()?;
+        let clients = self.clients(settings)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        match admin.delete_topics(&names, &options).await {
+        match clients.admin.delete_topics(&names, &options).await {
             Ok(answers) => {
                 sort_answers("topic", answers, RDKafkaErrorCode::UnknownTopicOrPartition)
             }
             Err(error) => whole_request_failed("topic", topics, error),
         }
+    }
+}
+
+impl ClusterClients {
+    /// The partition count of each topic; fails when one is missing.
+    pub async fn partition_counts(
+        &self,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(String, i32)>> {
+        let metadata = self.offsets.clone();
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || lag::partition_counts(&metadata, &topics, timeout))
+            .await?
     }
 }
 

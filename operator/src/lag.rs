@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use broker_auth_kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -77,69 +76,100 @@ impl ConsumerLag {
     }
 }
 
-/// Reads offsets for `group` over every partition of `topics`.
+/// The partition count of each topic, from one metadata request per topic; fails when one is
+/// missing.
+pub fn partition_counts(
+    client: &BaseConsumer,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, i32)>> {
+    topics
+        .iter()
+        .map(|topic| {
+            let metadata = client
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(Error::KafkaClient)?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if count == 0 {
+                return Err(Error::Kafka(broker_auth_kafka::Error::MissingTopic(
+                    topic.clone(),
+                )));
+            }
+            Ok((topic.clone(), i32::try_from(count).unwrap_or(i32::MAX)))
+        })
+        .collect()
+}
+
+/// Reads offsets for `group` over every partition of `topics`: one OffsetFetch for the commits
+/// and one ListOffsets per partition leader for each end of the log (librdkafka groups the
+/// partitions of one list by leader), instead of a request per partition. Blocks.
 ///
-/// Uses a plain consumer configured with the group id but never subscribed, so it reads the
-/// group's commits without joining (and rebalancing) the group.
-pub async fn fetch_offsets(
-    settings: &KafkaSettings,
-    group: &str,
+/// `group_client` is a consumer configured with the group id but never subscribed, so it reads
+/// the group's commits without joining (and rebalancing) the group.
+pub fn read_offsets(
+    client: &BaseConsumer,
+    group_client: &BaseConsumer,
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, i32, PartitionOffsets)>> {
-    let partition_counts = broker_auth_kafka::partition_counts(settings, topics, timeout).await?;
-    let mut config = settings.base_config();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    let consumer: BaseConsumer = config.create()?;
-    // librdkafka's offset calls block; keep them off the async runtime.
-    tokio::task::spawn_blocking(move || {
-        let mut wanted = TopicPartitionList::new();
+    let partition_counts = partition_counts(client, topics, timeout)?;
+    let list = |offset: Offset| -> Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
         for (topic, count) in &partition_counts {
             for partition in 0..*count {
-                wanted.add_partition(topic, partition);
+                list.add_partition_offset(topic, partition, offset)?;
             }
         }
-        let committed = consumer
-            .committed_offsets(wanted, timeout)
-            .map_err(Error::KafkaClient)?;
-        let mut offsets = Vec::new();
-        for element in committed.elements() {
-            let (log_start, log_end) = consumer
-                .fetch_watermarks(element.topic(), element.partition(), timeout)
-                .map_err(Error::KafkaClient)?;
-            let committed = match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => Some(offset),
-                _ => None,
-            };
-            offsets.push((
-                element.topic().to_owned(),
-                element.partition(),
-                PartitionOffsets {
-                    log_start,
-                    log_end,
-                    committed,
-                },
-            ));
-        }
-        offsets.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        Ok(offsets)
-    })
-    .await?
-}
-
-/// The dbproc group's lag over `topics`.
-pub async fn consumer_lag(
-    settings: &KafkaSettings,
-    group: &str,
-    topics: &[String],
-    policy: UncommittedPartitionPolicy,
-    timeout: Duration,
-) -> Result<ConsumerLag> {
-    let offsets = fetch_offsets(settings, group, topics, timeout).await?;
-    Ok(ConsumerLag::from_offsets(&offsets, policy))
+        Ok(list)
+    };
+    let committed = group_client
+        .committed_offsets(list(Offset::Invalid)?, timeout)
+        .map_err(Error::KafkaClient)?;
+    // ListOffsets takes a timestamp per partition; -2 asks for the log start, -1 for its end.
+    let starts = client
+        .offsets_for_times(list(Offset::Beginning)?, timeout)
+        .map_err(Error::KafkaClient)?;
+    let ends = client
+        .offsets_for_times(list(Offset::End)?, timeout)
+        .map_err(Error::KafkaClient)?;
+    let mut offsets = Vec::new();
+    for element in committed.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let read = |answer: &TopicPartitionList, end: &str| -> Result<i64> {
+            let found = answer
+                .find_partition(topic, partition)
+                .ok_or_else(|| Error::Lag(format!("no {end} offset for {topic}/{partition}")))?;
+            if let Err(error) = found.error() {
+                return Err(Error::KafkaClient(error));
+            }
+            match found.offset() {
+                Offset::Offset(offset) => Ok(offset),
+                other => Err(Error::Lag(format!(
+                    "{end} offset of {topic}/{partition} is {other:?}"
+                ))),
+            }
+        };
+        let committed = match element.offset() {
+            Offset::Offset(offset) if offset >= 0 => Some(offset),
+            _ => None,
+        };
+        offsets.push((
+            topic.to_owned(),
+            partition,
+            PartitionOffsets {
+                log_start: read(&starts, "start")?,
+                log_end: read(&ends, "end")?,
+                committed,
+            },
+        ));
+    }
+    offsets.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    Ok(offsets)
 }
 
 #[cfg(test)]

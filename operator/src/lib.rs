@@ -3,6 +3,7 @@
 
 pub mod access_review;
 pub mod app;
+pub mod autoscaler;
 pub mod config;
 pub mod crd;
 pub mod error;
@@ -14,6 +15,9 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;
+pub mod status;
 pub mod tls;
+pub mod uninstall;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -1,29 +1,30 @@
 //! Reconcile: BrokerAuth → ConfigMap, Deployments, Services, HPAs (or a KEDA ScaledObject),
 //! PodDisruptionBudgets and Kafka topics, then status and events.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker_auth_contract::Topics;
 use broker_auth_kafka::KafkaSettings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{Instrument, field, info_span, warn};
 
-use crate::crd::{BrokerAuth, BrokerAuthStatus, Condition, TierStatus};
+use crate::autoscaler::{self, Switch};
+use crate::crd::{self, BrokerAuth, LagMetricsProvider};
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaAdmin, LeftInKafka, TopicReport};
 use crate::metrics::{InstanceLabels, Metrics};
 use crate::resources::{self, MANAGER, MAX_NAME_LEN, Tier};
+use crate::status::{Observed, publish, rolling_out, tier_status, update_status};
 
 pub const FINALIZER: &str = "auth.cfdbroker.io/cleanup";
 
@@ -32,12 +33,93 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const PARTITIONS_SUFFICIENT: &str = "PartitionsSufficient";
 
-/// What reconcile needs: the API client, Kafka, an event recorder and metrics.
+/// How often a BrokerAuth stalled on something outside its spec (KEDA missing, an admission
+/// webhook refusing, an autoscaler it does not own) looks again.
+pub const STALLED_RECHECK: Duration = Duration::from_secs(60);
+/// How often the operator looks whether KEDA has been installed, to start watching ScaledObjects.
+pub const KEDA_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a switch between autoscaling providers looks whether the old autoscaler is gone.
+pub const SWITCH_POLL: Duration = Duration::from_secs(5);
+/// First and longest pause after a failed reconcile; the pause doubles per consecutive failure.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Topics are created when the spec changes and checked again this often (someone may delete
+/// one), not on every lag refresh.
+pub const TOPICS_RECHECK: Duration = Duration::from_secs(300);
+
+/// What reconcile needs: the API client, Kafka, an event recorder, metrics, and what it remembers
+/// between reconciles.
 pub struct Context {
     pub client: Client,
     pub kafka: Arc<dyn KafkaAdmin>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// How often lag and status are refreshed: the requeue of every settled reconcile.
+    pub refresh: Duration,
+    /// Consecutive failed reconciles per BrokerAuth, for the backoff of `error_policy`.
+    failures: Mutex<HashMap<ObjectRef<BrokerAuth>, u32>>,
+    /// The topics ensured per BrokerAuth: for which generation, when, and what was found.
+    topics: Mutex<HashMap<ObjectRef<BrokerAuth>, EnsuredTopics>>,
+}
+
+#[derive(Clone)]
+struct EnsuredTopics {
+    generation: Option<i64>,
+    at: tokio::time::Instant,
+    report: TopicReport,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        kafka: Arc<dyn KafkaAdmin>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        refresh: Duration,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance,
+            },
+        );
+        Self {
+            client,
+            kafka,
+            recorder,
+            metrics,
+            refresh,
+            failures: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pause before retrying `ba` after one more failure: 5 s, doubling, at most 5 minutes.
+    fn next_backoff(&self, ba: &BrokerAuth) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else {
+            return BACKOFF_MAX;
+        };
+        let count = failures.entry(ObjectRef::from_obj(ba)).or_insert(0);
+        *count = count.saturating_add(1);
+        let doublings = (*count - 1).min(16);
+        BACKOFF_FIRST
+            .saturating_mul(1 << doublings)
+            .min(BACKOFF_MAX)
+    }
+
+    fn succeeded(&self, ba: &BrokerAuth) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&ObjectRef::from_obj(ba));
+        }
+    }
+
+    fn forget(&self, ba: &BrokerAuth) {
+        self.succeeded(ba);
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.remove(&ObjectRef::from_obj(ba));
+        }
+    }
 }
 
 /// The entry point the controller calls.
@@ -51,38 +133,46 @@ pub async fn reconcile(ba: Arc<BrokerAuth>, ctx: Arc<Context>) -> Result<Action>
     async move {
         let started = Instant::now();
         ctx.metrics.reconciles.inc();
-        let namespace = ba.namespace().ok_or(Error::MissingNamespace)?;
-        tracing::Span::current().record("namespace", namespace.as_str());
-        // kube's finalizer helper drops the finalizer as soon as cleanup succeeds, so waiting
-        // for the workloads to stop happens before it is called.
-        if ba.meta().deletion_timestamp.is_some()
-            && ba.finalizers().iter().any(|f| f == FINALIZER)
-            && let Some(waiting) = stop_workloads(&ba, &namespace, &ctx).await?
-        {
-            ctx.metrics.observe_duration(started.elapsed());
-            return Ok(waiting);
-        }
-        let api: Api<BrokerAuth> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = finalizer(&api, FINALIZER, ba, |event| async {
-            match event {
-                FinalizerEvent::Apply(ba) => apply(&ba, &namespace, &ctx).await,
-                FinalizerEvent::Cleanup(ba) => cleanup(&ba, &namespace, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)));
+        let result = reconcile_once(&ba, &ctx).await;
         ctx.metrics.observe_duration(started.elapsed());
+        if result.is_ok() {
+            ctx.succeeded(&ba);
+        }
         result
     }
     .instrument(span)
     .await
 }
 
-/// Retries a failed reconcile after a pause; failures are counted by reason.
+async fn reconcile_once(ba: &Arc<BrokerAuth>, ctx: &Arc<Context>) -> Result<Action> {
+    let namespace = ba.namespace().ok_or(Error::MissingNamespace)?;
+    tracing::Span::current().record("namespace", namespace.as_str());
+    // kube's finalizer helper drops the finalizer as soon as cleanup succeeds, so waiting
+    // for the workloads to stop happens before it is called.
+    if ba.meta().deletion_timestamp.is_some()
+        && ba.finalizers().iter().any(|f| f == FINALIZER)
+        && let Some(waiting) = stop_workloads(ba, &namespace, ctx).await?
+    {
+        return Ok(waiting);
+    }
+    let api: Api<BrokerAuth> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, ba.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(ba) => apply(&ba, &namespace, ctx).await,
+            FinalizerEvent::Cleanup(ba) => cleanup(&ba, &namespace, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Retries a failed reconcile after a pause that doubles with each consecutive failure of the
+/// same BrokerAuth; failures are counted by reason.
 pub fn error_policy(ba: Arc<BrokerAuth>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(name = %ba.name_any(), %error, "reconcile failed");
+    let pause = ctx.next_backoff(&ba);
+    warn!(name = %ba.name_any(), %error, retry_in_s = pause.as_secs(), "reconcile failed");
     ctx.metrics.record_failure(error.metric_label());
-    Action::requeue(Duration::from_secs(30))
+    Action::requeue(pause)
 }
 
 /// Problems the schema cannot catch (or that a cluster without CEL, or an object stored before
@@ -100,12 +190,32 @@ pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
     if let Err(error) = Topics::for_deployment(namespace, &name) {
         problems.push(error.to_string());
     }
-    for (tier, min, max) in [
-        ("api", spec.api.min_replicas, spec.api.max_replicas),
-        ("dbproc", spec.dbproc.min_replicas, spec.dbproc.max_replicas),
+    if let Some(problem) = crd::bootstrap_servers_problem(&spec.kafka.bootstrap_servers) {
+        problems.push(format!("kafka.bootstrapServers: {problem}"));
+    }
+    // Only KEDA scales a Deployment to and from zero; an HPA needs at least one replica.
+    let dbproc_floor = match spec.autoscaling.provider {
+        LagMetricsProvider::Keda => 0,
+        LagMetricsProvider::Operator => 1,
+    };
+    for (tier, floor, min, max) in [
+        ("api", 1, spec.api.min_replicas, spec.api.max_replicas),
+        (
+            "dbproc",
+            dbproc_floor,
+            spec.dbproc.min_replicas,
+            spec.dbproc.max_replicas,
+        ),
     ] {
-        if min < 1 {
-            problems.push(format!("{tier}.minReplicas must be at least 1"));
+        if min < floor {
+            problems.push(format!(
+                "{tier}.minReplicas must be at least {floor}{}",
+                if tier == "dbproc" {
+                    " (0 only with autoscaling.provider Keda)"
+                } else {
+                    ""
+                }
+            ));
         }
         if min > max {
             problems.push(format!(
@@ -167,28 +277,9 @@ pub async fn measure_lag(
     Ok((lag.total(), value))
 }
 
-/// Outcome of one pass, turned into status.
-struct Observed {
-    stalled: Option<(String, String)>,
-    kafka_problem: Option<String>,
-    topics: Option<TopicReport>,
-    api: TierStatus,
-    dbproc: TierStatus,
-    rolling_out: bool,
-    lag: Option<i64>,
-}
-
 async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action> {
     let name = ba.name_any();
-    let mut observed = Observed {
-        stalled: None,
-        kafka_problem: None,
-        topics: None,
-        api: TierStatus::default(),
-        dbproc: TierStatus::default(),
-        rolling_out: false,
-        lag: None,
-    };
+    let mut observed = Observed::default();
 
     let problems = spec_problems(ba, namespace);
     if !problems.is_empty() {
@@ -213,28 +304,32 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
-    let settings = kafka_settings(ba);
-    match ctx
-        .kafka
-        .ensure_topics(&settings, &topics.all(), ba.spec.dbproc.max_replicas)
-        .await
-    {
-        Ok(mut report) => {
-            // Only request topics are shared by dbproc's consumers; replies are read by
-            // assignment, so their partition count does not limit scaling.
-            let request_topics = topics.request_topics();
-            report
-                .under_partitioned
-                .retain(|(topic, _)| request_topics.contains(topic));
-            observed.topics = Some(report);
-        }
+    match ensure_topics(ba, &topics, ctx).await {
+        Ok(report) => observed.topics = Some(report),
         Err(error) => {
             ctx.metrics.record_failure(error.metric_label());
             observed.kafka_problem = Some(format!("ensuring topics failed: {error}"));
         }
     }
 
+    let switch = autoscaler::clear_other_provider(ba, namespace, &ctx.client).await?;
+    match &switch {
+        Switch::Clear => {}
+        Switch::Waiting(message) => observed.switching_autoscaler = Some(message.clone()),
+        Switch::Conflict(message) => {
+            observed.stalled = Some(("AutoscalerNotOwned".into(), message.clone()));
+        }
+    }
+    let autoscaler_name = Tier::Dbproc.object_name(&name);
     for child in resources::desired_objects(ba, namespace, &topics, &secret_versions) {
+        let is_autoscaler = child.name == autoscaler_name
+            && matches!(
+                child.resource.kind.as_str(),
+                "HorizontalPodAutoscaler" | "ScaledObject"
+            );
+        if is_autoscaler && switch != Switch::Clear {
+            continue;
+        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), namespace, &child.resource);
         let applied = match api
@@ -269,12 +364,21 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
                 ));
                 continue;
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => match autoscaler::admission_refusal(&error) {
+                // A webhook (KEDA's, a policy engine) said no: retrying at once says no again.
+                Some(message) => {
+                    observed.stalled.get_or_insert((
+                        "AdmissionRefused".into(),
+                        format!("{} {}: {message}", child.resource.kind, child.name),
+                    ));
+                    continue;
+                }
+                None => return Err(error.into()),
+            },
         };
         if child.resource.kind == "Deployment" {
             let status = tier_status(&applied);
-            let rolling = rolling_out(&applied);
-            observed.rolling_out |= rolling;
+            observed.rolling_out |= rolling_out(&applied);
             if child.name == Tier::Api.object_name(&name) {
                 observed.api = status;
             } else {
@@ -282,7 +386,6 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
             }
         }
     }
-    delete_obsolete_autoscaler(ba, namespace, &ctx.client).await?;
 
     if observed.kafka_problem.is_none() {
         match measure_lag(ctx.kafka.as_ref(), ba, &topics).await {
@@ -303,15 +406,60 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
         }
     }
 
-    let ready = update_status(ba, namespace, ctx, &observed, Some(&topics)).await?;
+    update_status(ba, namespace, ctx, &observed, Some(&topics)).await?;
     Ok(if observed.stalled.is_some() {
-        Action::await_change()
-    } else if ready && observed.kafka_problem.is_none() {
-        // Refresh the lag shown in status now and then; children changes trigger sooner.
-        Action::requeue(Duration::from_secs(60))
+        // Stalled on something outside the spec (KEDA, a webhook, an autoscaler of someone
+        // else's) that may change without a spec change; an invalid child waits for the spec.
+        Action::requeue(STALLED_RECHECK)
+    } else if observed.switching_autoscaler.is_some() {
+        Action::requeue(SWITCH_POLL)
     } else {
-        Action::requeue(Duration::from_secs(15))
+        // Lag and status are refreshed on this timer; spec and children changes come sooner.
+        Action::requeue(ctx.refresh)
     })
+}
+
+/// Creates the BrokerAuth's topics when its spec changed, and checks them every
+/// [`TOPICS_RECHECK`]; in between the last report stands.
+async fn ensure_topics(ba: &BrokerAuth, topics: &Topics, ctx: &Context) -> Result<TopicReport> {
+    let key = ObjectRef::from_obj(ba);
+    let now = tokio::time::Instant::now();
+    let remembered = ctx
+        .topics
+        .lock()
+        .ok()
+        .and_then(|ensured| ensured.get(&key).cloned());
+    if let Some(ensured) = remembered
+        && ensured.generation == ba.metadata.generation
+        && now.duration_since(ensured.at) < TOPICS_RECHECK
+    {
+        return Ok(ensured.report);
+    }
+    let mut report = ctx
+        .kafka
+        .ensure_topics(
+            &kafka_settings(ba),
+            &topics.all(),
+            ba.spec.dbproc.max_replicas,
+        )
+        .await?;
+    // Only request topics are shared by dbproc's consumers; replies are read by
+    // assignment, so their partition count does not limit scaling.
+    let request_topics = topics.request_topics();
+    report
+        .under_partitioned
+        .retain(|(topic, _)| request_topics.contains(topic));
+    if let Ok(mut ensured) = ctx.topics.lock() {
+        ensured.insert(
+            key,
+            EnsuredTopics {
+                generation: ba.metadata.generation,
+                at: now,
+                report: report.clone(),
+            },
+        );
+    }
+    Ok(report)
 }
 
 /// How often a BrokerAuth being deleted looks again whether its workloads are gone (their
@@ -404,6 +552,7 @@ async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Acti
         namespace: namespace.to_owned(),
         name: ba.name_any(),
     });
+    ctx.forget(ba);
     Ok(Action::await_change())
 }
 
@@ -470,261 +619,4 @@ async fn secret_versions(
         }
     }
     Ok((versions, missing))
-}
-
-async fn delete_obsolete_autoscaler(
-    ba: &BrokerAuth,
-    namespace: &str,
-    client: &Client,
-) -> Result<()> {
-    let (resource, name) = resources::obsolete_dbproc_autoscaler(ba);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => {
-            tracing::info!(kind = %resource.kind, %name, "deleted the autoscaler of the other provider");
-            Ok(())
-        }
-        // Already gone, or (for KEDA) the API does not exist in this cluster.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
-
-fn tier_status(deployment: &DynamicObject) -> TierStatus {
-    let status = &deployment.data["status"];
-    let read = |key: &str| {
-        status[key]
-            .as_i64()
-            .and_then(|v| i32::try_from(v).ok())
-            .unwrap_or(0)
-    };
-    TierStatus {
-        replicas: read("replicas"),
-        ready_replicas: read("readyReplicas"),
-    }
-}
-
-fn rolling_out(deployment: &DynamicObject) -> bool {
-    let status = &deployment.data["status"];
-    let generation = deployment.metadata.generation.unwrap_or(0);
-    let observed = status["observedGeneration"].as_i64().unwrap_or(0);
-    let replicas = status["replicas"].as_i64().unwrap_or(0);
-    let updated = status["updatedReplicas"].as_i64().unwrap_or(0);
-    let ready = status["readyReplicas"].as_i64().unwrap_or(0);
-    observed < generation || updated < replicas || ready < replicas
-}
-
-/// A condition that keeps its transition time when its status did not change.
-fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        last_transition_time,
-        observed_generation: generation,
-    }
-}
-
-fn conditions(ba: &BrokerAuth, observed: &Observed) -> Vec<Condition> {
-    let previous = ba
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let generation = ba.metadata.generation;
-    let mut conditions = Vec::new();
-    if let Some((reason, message)) = &observed.stalled {
-        conditions.push(condition(
-            previous,
-            STALLED,
-            true,
-            reason,
-            message.clone(),
-            generation,
-        ));
-        conditions.push(condition(
-            previous,
-            READY,
-            false,
-            reason,
-            "reconcile is stalled; see the Stalled condition".into(),
-            generation,
-        ));
-        conditions.push(condition(
-            previous,
-            RECONCILING,
-            false,
-            reason,
-            "waiting for the spec or its Secrets to be fixed".into(),
-            generation,
-        ));
-        return conditions;
-    }
-    conditions.push(condition(
-        previous,
-        STALLED,
-        false,
-        "Valid",
-        "the spec is valid and its Secrets exist".into(),
-        generation,
-    ));
-    let tiers_ready = observed.api.ready_replicas >= 1 && observed.dbproc.ready_replicas >= 1;
-    let tiers = format!(
-        "api {}/{} ready, dbproc {}/{} ready",
-        observed.api.ready_replicas,
-        observed.api.replicas,
-        observed.dbproc.ready_replicas,
-        observed.dbproc.replicas
-    );
-    let (ready, ready_reason, ready_message) = match (&observed.kafka_problem, tiers_ready) {
-        (Some(problem), _) => (false, "KafkaUnavailable", problem.clone()),
-        (None, true) => (true, "TiersReady", tiers.clone()),
-        (None, false) => (false, "TiersNotReady", tiers.clone()),
-    };
-    conditions.push(condition(
-        previous,
-        READY,
-        ready,
-        ready_reason,
-        ready_message,
-        generation,
-    ));
-    let (reconciling, reason, message) = if observed.kafka_problem.is_some() {
-        (true, "KafkaUnavailable", "retrying Kafka".to_owned())
-    } else if observed.rolling_out {
-        (true, "RollingOut", tiers)
-    } else {
-        (
-            false,
-            "UpToDate",
-            "every child object is applied and rolled out".to_owned(),
-        )
-    };
-    conditions.push(condition(
-        previous,
-        RECONCILING,
-        reconciling,
-        reason,
-        message,
-        generation,
-    ));
-    if let Some(report) = &observed.topics {
-        let (ok, reason, message) = if report.under_partitioned.is_empty() {
-            (
-                true,
-                "EnoughPartitions",
-                "request topics have at least dbproc.maxReplicas partitions".to_owned(),
-            )
-        } else {
-            let listed: Vec<String> = report
-                .under_partitioned
-                .iter()
-                .map(|(topic, count)| format!("{topic} ({count})"))
-                .collect();
-            (
-                false,
-                "TooFewPartitions",
-                format!(
-                    "topics with fewer partitions than dbproc.maxReplicas ({}): {}; consumers beyond the partition count stay idle",
-                    ba.spec.dbproc.max_replicas,
-                    listed.join(", ")
-                ),
-            )
-        };
-        conditions.push(condition(
-            previous,
-            PARTITIONS_SUFFICIENT,
-            ok,
-            reason,
-            message,
-            generation,
-        ));
-    }
-    conditions
-}
-
-/// Writes status through server-side apply and publishes events for condition changes.
-/// Returns whether the BrokerAuth is Ready.
-async fn update_status(
-    ba: &BrokerAuth,
-    namespace: &str,
-    ctx: &Context,
-    observed: &Observed,
-    topics: Option<&Topics>,
-) -> Result<bool> {
-    let conditions = conditions(ba, observed);
-    let status = BrokerAuthStatus {
-        observed_generation: ba.metadata.generation,
-        conditions,
-        api: observed.api.clone(),
-        dbproc: observed.dbproc.clone(),
-        lag: observed.lag,
-        topic_prefix: topics.map(|t| t.prefix().to_owned()),
-        consumer_group: topics.map(Topics::dbproc_group),
-    };
-    let api: Api<BrokerAuth> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "apiVersion": "auth.cfdbroker.io/v1alpha1",
-        "kind": "BrokerAuth",
-        "status": status,
-    });
-    api.patch_status(
-        &ba.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-
-    let previous = ba
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    for condition in &status.conditions {
-        let changed = previous
-            .iter()
-            .find(|c| c.type_ == condition.type_)
-            .is_none_or(|c| c.status != condition.status || c.reason != condition.reason);
-        let noteworthy = match (condition.type_.as_str(), condition.status.as_str()) {
-            (STALLED, "True") | (PARTITIONS_SUFFICIENT, "False") => Some(EventType::Warning),
-            (READY, "True") => Some(EventType::Normal),
-            (READY, "False") if observed.kafka_problem.is_some() => Some(EventType::Warning),
-            _ => None,
-        };
-        if let (true, Some(severity)) = (changed, noteworthy) {
-            publish(ctx, ba, severity, &condition.reason, &condition.message).await;
-        }
-    }
-    Ok(status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY && c.status == "True"))
-}
-
-async fn publish(ctx: &Context, ba: &BrokerAuth, severity: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_: severity,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // Events are best effort; a failure to record one must not fail the reconcile.
-    if let Err(error) = ctx.recorder.publish(&event, &ba.object_ref(&())).await {
-        warn!(%error, "could not publish event");
-    }
 }

@@ -52,9 +52,11 @@ pub fn api_name(key: i16) -> String {
 }
 
 fn tansu_binary() -> PathBuf {
-    std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
-    })
+    std::env::var_os("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
+        })
 }
 
 async fn free_port() -> io::Result<u16> {
@@ -122,7 +124,10 @@ impl CountedKafka {
     }
 
     pub fn reset(&self) {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

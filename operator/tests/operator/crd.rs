@@ -140,3 +140,141 @@ fn the_crd_schema_refuses_what_it_can() {
     assert!(crd.contains("rule: self.minReplicas <= self.maxReplicas"));
     assert!(crd.contains("x-kubernetes-list-type: map"));
 }
+
+/// The openAPIV3Schema of the checked-in CRD, as the API server holds it.
+fn crd_schema() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_root().join("k8s/crd.yaml")).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn example() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_root().join("k8s/examples/brokerauth.yaml")).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// The CRD's CEL rules (x-kubernetes-validations) evaluated as the API server does, defaults
+/// applied first; the messages of the rules that refused.
+fn cel_refusals(object: &serde_json::Value) -> Vec<String> {
+    match kube_cel::validate(&crd_schema(), object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_example_brokerauth_passes_the_crds_cel_rules() {
+    assert_eq!(cel_refusals(&example()), Vec::<String>::new());
+}
+
+#[test]
+fn the_crds_cel_rules_refuse_what_the_openapi_schema_cannot_say() {
+    type Change = fn(&mut serde_json::Value);
+    let refused: [(&str, Change, &str); 9] = [
+        (
+            "api min above max",
+            |ba| ba["spec"]["api"]["minReplicas"] = 7.into(),
+            "api.minReplicas must not exceed",
+        ),
+        (
+            "dbproc min above max",
+            |ba| ba["spec"]["dbproc"]["minReplicas"] = 9.into(),
+            "dbproc.minReplicas must not exceed",
+        ),
+        (
+            "no port",
+            |ba| ba["spec"]["kafka"]["bootstrapServers"] = "kafka.default.svc".into(),
+            "bootstrapServers",
+        ),
+        (
+            "port not a number",
+            |ba| ba["spec"]["kafka"]["bootstrapServers"] = "kafka:ninety".into(),
+            "bootstrapServers",
+        ),
+        (
+            "trailing comma",
+            |ba| ba["spec"]["kafka"]["bootstrapServers"] = "kafka:9092,".into(),
+            "bootstrapServers",
+        ),
+        (
+            "spaces",
+            |ba| ba["spec"]["kafka"]["bootstrapServers"] = "kafka:9092, other:9092".into(),
+            "bootstrapServers",
+        ),
+        (
+            "a URL path",
+            |ba| ba["spec"]["kafka"]["bootstrapServers"] = "PLAINTEXT://kafka:9092/x".into(),
+            "bootstrapServers",
+        ),
+        (
+            "scale to zero by the operator's HPA",
+            |ba| ba["spec"]["dbproc"]["minReplicas"] = 0.into(),
+            "needs autoscaling.provider Keda",
+        ),
+        (
+            "scale to zero with the provider defaulted",
+            |ba| {
+                ba["spec"]["dbproc"]["minReplicas"] = 0.into();
+                ba["spec"].as_object_mut().unwrap().remove("autoscaling");
+            },
+            "needs autoscaling.provider Keda",
+        ),
+    ];
+    for (what, change, message) in refused {
+        let mut ba = example();
+        change(&mut ba);
+        let refusals = cel_refusals(&ba);
+        assert!(
+            refusals.iter().any(|r| r.contains(message)),
+            "{what}: expected a refusal containing {message:?}, got {refusals:?}"
+        );
+        // The operator refuses the same shapes when a cluster without CEL stored them.
+        let typed: BrokerAuth = serde_json::from_value(ba).unwrap();
+        assert!(
+            !broker_auth_operator::reconcile::spec_problems(&typed, "default").is_empty(),
+            "{what}: reconcile accepted it"
+        );
+    }
+
+    let accepted: [(&str, Change); 4] = [
+        ("several brokers", |ba| {
+            ba["spec"]["kafka"]["bootstrapServers"] = "kafka-0.kafka:9092,kafka-1.kafka:9092".into()
+        }),
+        ("an IPv6 broker", |ba| {
+            ba["spec"]["kafka"]["bootstrapServers"] = "[fd00::1]:9092".into()
+        }),
+        ("a protocol prefix", |ba| {
+            ba["spec"]["kafka"]["bootstrapServers"] = "SSL://kafka.example.com:9093".into()
+        }),
+        ("KEDA scaling to zero", |ba| {
+            ba["spec"]["dbproc"]["minReplicas"] = 0.into();
+            ba["spec"]["autoscaling"]["provider"] = "Keda".into();
+        }),
+    ];
+    for (what, change) in accepted {
+        let mut ba = example();
+        change(&mut ba);
+        assert_eq!(cel_refusals(&ba), Vec::<String>::new(), "{what}");
+        let typed: BrokerAuth = serde_json::from_value(ba).unwrap();
+        assert_eq!(
+            broker_auth_operator::reconcile::spec_problems(&typed, "default"),
+            Vec::<String>::new(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_brokerauth_without_an_autoscaling_block_caps_the_lag_as_documented() {
+    let schema = crd_schema();
+    let autoscaling = &schema["properties"]["spec"]["properties"]["autoscaling"];
+    assert_eq!(autoscaling["default"]["capLagAtPartitions"], true);
+    assert_eq!(
+        autoscaling["properties"]["capLagAtPartitions"]["default"],
+        true
+    );
+    let mut ba = example();
+    ba["spec"].as_object_mut().unwrap().remove("autoscaling");
+    let typed: BrokerAuth = serde_json::from_value(ba).unwrap();
+    assert!(typed.spec.autoscaling.cap_lag_at_partitions);
+}

@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{KAFKA, eventually, kafka_settings, produce, sample_brokerauth, unique};
 
-const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
-const PROXY_NAME: &str = "front-proxy-client";
+pub const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+pub const PROXY_NAME: &str = "front-proxy-client";
 
 /// A client certificate and its key.
-struct ClientIdentity {
+pub struct ClientIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -47,13 +47,13 @@ impl Clone for ClientIdentity {
 }
 
 /// A CA like kubeadm's front-proxy-ca, and client certificates it (or another CA) signed.
-struct RequestHeaderCa {
-    pem: String,
+pub struct RequestHeaderCa {
+    pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl RequestHeaderCa {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -67,7 +67,7 @@ impl RequestHeaderCa {
         }
     }
 
-    fn client(&self, common_name: &str) -> ClientIdentity {
+    pub fn client(&self, common_name: &str) -> ClientIdentity {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -125,13 +125,13 @@ fn access_reviewer() -> (Arc<SubjectAccessReviewer>, Arc<Mutex<Vec<Value>>>) {
     (Arc::new(SubjectAccessReviewer::new(client)), reviews)
 }
 
-struct Request<'a> {
-    path: &'a str,
-    identity: Option<&'a ClientIdentity>,
-    user: Option<&'a str>,
+pub struct Request<'a> {
+    pub path: &'a str,
+    pub identity: Option<&'a ClientIdentity>,
+    pub user: Option<&'a str>,
 }
 
-async fn https_get(
+pub async fn https_get(
     addr: std::net::SocketAddr,
     cert: &ReloadableCert,
     request: Request<'_>,
@@ -216,7 +216,7 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
     let (access, reviews) = access_reviewer();
     let (addr, cert, shutdown) = serve(ExternalMetricsState {
         brokerauths: writer.as_reader(),
-        kafka: Arc::new(RdKafkaAdmin),
+        kafka: Arc::new(RdKafkaAdmin::default()),
         front_proxy: ca.trust(),
         access,
     })
@@ -287,7 +287,7 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
     assert!(!reviews.is_empty() && reviews.len() < 5, "{reviews:?}");
     assert_eq!(
         reviews[0]["resourceAttributes"],
-        json!({"group": "external.metrics.k8s.io", "namespace": namespace, "resource": "brokerauth-dbproc-lag", "verb": "get", "version": "v1beta1"})
+        json!({"group": "external.metrics.k8s.io", "namespace": namespace, "resource": "brokerauth-dbproc-lag", "verb": "list", "version": "v1beta1"})
     );
     assert_eq!(
         reviews[0]["groups"],
@@ -311,7 +311,7 @@ async fn metric_values_are_served_only_to_users_the_aggregator_vouches_for_and_r
     let (addr, cert, shutdown) = serve(ExternalMetricsState {
         brokerauths: writer.as_reader(),
         // Never reached: every request here is refused before Kafka is asked.
-        kafka: Arc::new(RdKafkaAdmin),
+        kafka: Arc::new(RdKafkaAdmin::default()),
         front_proxy: ca.trust(),
         access,
     })

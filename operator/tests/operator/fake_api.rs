@@ -29,6 +29,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 /// How long the garbage collector takes to delete a Deployment's pods in a foreground deletion.
 pub const FOREGROUND_DELETION: Duration = Duration::from_secs(2);
 
+/// How long KEDA takes to remove its HPA after a ScaledObject is deleted.
+pub const KEDA_CLEANUP: Duration = Duration::from_secs(1);
+
 /// `group/version/plural` (`v1/configmaps` for the core group), namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
@@ -52,17 +55,17 @@ pub const DEPLOYMENTS: &str = "apps/v1/deployments";
 pub const HPAS: &str = "autoscaling/v2/horizontalpodautoscalers";
 pub const SCALED_OBJECTS: &str = "keda.sh/v1alpha1/scaledobjects";
 pub const SECRETS: &str = "v1/secrets";
+pub const CONFIGMAPS: &str = "v1/configmaps";
+pub const LEASES: &str = "coordination.k8s.io/v1/leases";
 
 /// An admission webhook: refuses a create or update of `key` with `object` by returning the
-/// webhook's message. It sees every stored object.
+/// message the API server answers with. It sees every stored object.
 pub type Webhook = Box<dyn Fn(&BTreeMap<Key, Value>, &Key, &Value) -> Option<String> + Send>;
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
     pub path: String,
-    pub query: String,
-    pub body: Value,
 }
 
 struct Watcher {
@@ -183,7 +186,10 @@ fn label_requirements(selector: Option<String>) -> Vec<(String, String)> {
         .split(',')
         .filter_map(|requirement| {
             let (key, value) = requirement.split_once('=')?;
-            Some((key.trim().to_owned(), value.trim_start_matches('=').trim().to_owned()))
+            Some((
+                key.trim().to_owned(),
+                value.trim_start_matches('=').trim().to_owned(),
+            ))
         })
         .collect()
 }
@@ -251,7 +257,7 @@ impl State {
     fn emit(&mut self, key: &Key, kind: &'static str, object: &Value) {
         let version = self.version;
         let line = Bytes::from(
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap() + "\n",
+            serde_json::to_string(&json!({"type": kind, "object": object})).unwrap() + "\n",
         );
         self.watchers.retain(|watcher| {
             let interested = watcher.resource == key.resource
@@ -279,17 +285,22 @@ impl State {
             object["status"] = json!({"observedGeneration": generation, "replicas": 1,
                 "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
         }
-        if let Some(existing) = &existing {
-            if *existing == object {
-                return object;
-            }
+        if existing.as_ref() == Some(&object) {
+            return object;
         }
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         self.objects.insert(key.clone(), object.clone());
-        let kind = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        let kind = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         self.emit(key, kind, &object);
         if kind == "ADDED" && key.resource == SCALED_OBJECTS && self.keda_controller {
+            // KEDA's finalizer: it removes its HPA before letting the ScaledObject go.
+            object["metadata"]["finalizers"] = json!(["finalizer.keda.sh"]);
+            self.objects.insert(key.clone(), object.clone());
             self.keda_creates_hpa(key, &object);
         }
         object
@@ -324,10 +335,11 @@ impl State {
 
     /// Removes an object for good, and (as the garbage collector) whatever it owns.
     fn remove(&mut self, key: &Key) {
-        let Some(object) = self.objects.remove(key) else {
+        let Some(mut object) = self.objects.remove(key) else {
             return;
         };
-        self.next_version();
+        let version = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
         self.emit(key, "DELETED", &object);
         let uid = object["metadata"]["uid"].clone();
         let owned: Vec<Key> = self
@@ -347,13 +359,8 @@ impl State {
 
     fn admit(&self, key: &Key, object: &Value) -> Option<Response<ResponseBody>> {
         self.webhooks.iter().find_map(|webhook| {
-            webhook(&self.objects, key, object).map(|message| {
-                failure(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    &format!("admission webhook \"vscaledobject.kb.io\" denied the request: {message}"),
-                )
-            })
+            webhook(&self.objects, key, object)
+                .map(|message| failure(StatusCode::FORBIDDEN, "Forbidden", &message))
         })
     }
 
@@ -476,7 +483,41 @@ impl FakeApi {
 
     /// `kubectl delete`: marks the object when it has finalizers, removes it otherwise.
     pub fn delete(&self, key: &Key) {
-        self.state.lock().unwrap().delete(key, false);
+        let mut state = self.state.lock().unwrap();
+        self.delete_and_follow_up(&mut state, key, false);
+    }
+
+    /// Deletes, and lets the controllers that hold finalizers finish the deletion later: KEDA
+    /// removes its HPA, then the ScaledObject; the garbage collector ends a foreground deletion
+    /// of a Deployment once its pods are gone.
+    fn delete_and_follow_up(
+        &self,
+        state: &mut State,
+        key: &Key,
+        foreground: bool,
+    ) -> Option<Option<Value>> {
+        let result = state.delete(key, foreground);
+        if matches!(result, Some(Some(_))) {
+            let later = match key.resource.as_str() {
+                SCALED_OBJECTS if state.keda_controller => Some(KEDA_CLEANUP),
+                DEPLOYMENTS if foreground => Some(FOREGROUND_DELETION),
+                _ => None,
+            };
+            if let Some(after) = later {
+                let api = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let mut state = api.state.lock().unwrap();
+                    if key.resource == SCALED_OBJECTS {
+                        let hpa = Key::new(HPAS, &key.namespace, &format!("keda-hpa-{}", key.name));
+                        state.remove(&hpa);
+                    }
+                    state.remove(&key);
+                });
+            }
+        }
+        result
     }
 
     pub fn exists(&self, key: &Key) -> bool {
@@ -519,11 +560,36 @@ impl FakeApi {
                 })
                 .map(|(other, _)| {
                     format!(
-                        "the workload '{target}' of type 'apps/v1.Deployment' is already managed by the hpa '{}'",
+                        "admission webhook \"vscaledobject.kb.io\" denied the request: the workload '{target}' of type 'apps/v1.Deployment' is already managed by the hpa '{}'",
                         other.name
                     )
                 })
         }));
+    }
+
+    /// The HPA controller: every `every`, each HPA's status gets the metric it read, a new value
+    /// each time, as under traffic.
+    pub fn start_hpa_controller(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let api = self.clone();
+        tokio::spawn(async move {
+            for sync in 1u64.. {
+                tokio::time::sleep(every).await;
+                let mut state = api.state.lock().unwrap();
+                let hpas: Vec<Key> = state
+                    .objects
+                    .keys()
+                    .filter(|k| k.resource == HPAS)
+                    .cloned()
+                    .collect();
+                for key in hpas {
+                    let mut hpa = state.objects[&key].clone();
+                    hpa["status"] = json!({"currentReplicas": 1, "desiredReplicas": 1,
+                        "currentMetrics": [{"type": "External", "external": {"metric": {"name": "lag"},
+                            "current": {"averageValue": sync.to_string()}}}]});
+                    state.write(&key, hpa);
+                }
+            }
+        })
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -548,7 +614,13 @@ impl FakeApi {
             .log
             .iter()
             .filter(|event| event.key.resource == resource)
-            .map(|event| (event.kind.to_owned(), event.key.clone(), event.object.clone()))
+            .map(|event| {
+                (
+                    event.kind.to_owned(),
+                    event.key.clone(),
+                    event.object.clone(),
+                )
+            })
             .collect()
     }
 
@@ -568,8 +640,6 @@ impl FakeApi {
         state.requests.push(Recorded {
             method: method.clone(),
             path: path.clone(),
-            query: query.clone(),
-            body: body.clone(),
         });
         if path == "/apis" {
             let groups: Vec<Value> = state
@@ -608,10 +678,9 @@ impl FakeApi {
                             .is_none_or(|ns| *ns == event.key.namespace)
                         && labels_match(&event.object, &labels)
                 }) {
-                    let line = serde_json::to_vec(
-                        &json!({"type": event.kind, "object": event.object}),
-                    )
-                    .unwrap();
+                    let line =
+                        serde_json::to_string(&json!({"type": event.kind, "object": event.object}))
+                            .unwrap();
                     let _ = events.unbounded_send(Bytes::from(line + "\n"));
                 }
                 state.watchers.push(Watcher {
@@ -620,7 +689,8 @@ impl FakeApi {
                     labels,
                     events,
                 });
-                let body = StreamBody::new(stream.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))));
+                let body =
+                    StreamBody::new(stream.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))));
                 Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "application/json")
@@ -634,7 +704,10 @@ impl FakeApi {
                     .iter()
                     .filter(|(key, object)| {
                         key.resource == route.resource
-                            && route.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+                            && route
+                                .namespace
+                                .as_ref()
+                                .is_none_or(|ns| *ns == key.namespace)
                             && labels_match(object, &labels)
                     })
                     .map(|(_, object)| object.clone())
@@ -646,20 +719,31 @@ impl FakeApi {
                 )
             }
             ("GET", Some(name)) => {
-                let key = Key::new(&route.resource, route.namespace.as_deref().unwrap_or(""), name);
+                let key = Key::new(
+                    &route.resource,
+                    route.namespace.as_deref().unwrap_or(""),
+                    name,
+                );
                 match state.objects.get(&key) {
-                    Some(object) if query.is_empty() || !path.contains("/secrets/") => {
-                        respond(StatusCode::OK, object)
-                    }
+                    // The operator reads Secrets' metadata only.
+                    Some(object) if !path.contains("/secrets/") => respond(StatusCode::OK, object),
                     Some(object) => respond(
                         StatusCode::OK,
                         &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]}),
                     ),
-                    None => failure(StatusCode::NOT_FOUND, "NotFound", &format!("{name} not found")),
+                    None => failure(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{name} not found"),
+                    ),
                 }
             }
             ("PATCH", Some(name)) => {
-                let key = Key::new(&route.resource, route.namespace.as_deref().unwrap_or(""), name);
+                let key = Key::new(
+                    &route.resource,
+                    route.namespace.as_deref().unwrap_or(""),
+                    name,
+                );
                 let status_only = route.subresource.as_deref() == Some("status");
                 let existing = state.objects.get(&key).cloned();
                 let patched = if content_type.contains("apply-patch") {
@@ -719,11 +803,17 @@ impl FakeApi {
                     .unwrap_or_else(|| {
                         format!(
                             "{}{}",
-                            body["metadata"]["generateName"].as_str().unwrap_or("object-"),
+                            body["metadata"]["generateName"]
+                                .as_str()
+                                .unwrap_or("object-"),
                             state.version + 1
                         )
                     });
-                let key = Key::new(&route.resource, route.namespace.as_deref().unwrap_or(""), &name);
+                let key = Key::new(
+                    &route.resource,
+                    route.namespace.as_deref().unwrap_or(""),
+                    &name,
+                );
                 if state.objects.contains_key(&key) {
                     return failure(StatusCode::CONFLICT, "AlreadyExists", "already exists");
                 }
@@ -734,12 +824,23 @@ impl FakeApi {
                 respond(StatusCode::CREATED, &created)
             }
             ("PUT", Some(name)) => {
-                let key = Key::new(&route.resource, route.namespace.as_deref().unwrap_or(""), name);
+                let key = Key::new(
+                    &route.resource,
+                    route.namespace.as_deref().unwrap_or(""),
+                    name,
+                );
                 let Some(existing) = state.objects.get(&key).cloned() else {
                     return failure(StatusCode::NOT_FOUND, "NotFound", "not found");
                 };
                 if existing["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] {
-                    return failure(StatusCode::CONFLICT, "Conflict", "the object has been modified");
+                    return failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified",
+                    );
+                }
+                if let Some(refused) = state.admit(&key, &body) {
+                    return refused;
                 }
                 let mut replaced = body.clone();
                 replaced["metadata"]["uid"] = existing["metadata"]["uid"].clone();
@@ -747,20 +848,19 @@ impl FakeApi {
                 respond(StatusCode::OK, &stored)
             }
             ("DELETE", Some(name)) => {
-                let key = Key::new(&route.resource, route.namespace.as_deref().unwrap_or(""), name);
+                let key = Key::new(
+                    &route.resource,
+                    route.namespace.as_deref().unwrap_or(""),
+                    name,
+                );
                 let foreground = body["propagationPolicy"] == "Foreground";
-                match state.delete(&key, foreground) {
-                    None => failure(StatusCode::NOT_FOUND, "NotFound", &format!("{name} not found")),
-                    Some(Some(still_there)) => {
-                        if foreground && key.resource == DEPLOYMENTS {
-                            let api = self.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(FOREGROUND_DELETION).await;
-                                api.state.lock().unwrap().remove(&key);
-                            });
-                        }
-                        respond(StatusCode::OK, &still_there)
-                    }
+                match self.delete_and_follow_up(&mut state, &key, foreground) {
+                    None => failure(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{name} not found"),
+                    ),
+                    Some(Some(still_there)) => respond(StatusCode::OK, &still_there),
                     Some(None) => respond(
                         StatusCode::OK,
                         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
@@ -795,9 +895,11 @@ impl State {
             return Some(None);
         }
         object["metadata"]["finalizers"] = json!(finalizers);
-        object["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string());
+        object["metadata"]["deletionTimestamp"] = json!(
+            k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        );
         let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
         object["metadata"]["generation"] = json!(generation + 1);
         Some(Some(self.write(key, object)))

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use crate::support::consumer_lag;
 use broker_auth_contract::Topics;
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_operator::crd::UncommittedPartitionPolicy::Earliest;
 use broker_auth_operator::kafka::{KafkaAdmin, RdKafkaAdmin};
-use broker_auth_operator::lag::consumer_lag;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -67,7 +67,7 @@ async fn deleting_kafka_data_removes_the_committed_offsets_and_the_topics_so_a_n
         Some(3)
     );
 
-    let admin = RdKafkaAdmin;
+    let admin = RdKafkaAdmin::default();
     let groups = [topics.dbproc_group(), topics.mailer_group()];
     let groups_left = admin
         .delete_consumer_groups(&settings, &groups)

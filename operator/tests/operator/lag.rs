@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::support::consumer_lag;
 use broker_auth_operator::crd::UncommittedPartitionPolicy::{Earliest, Latest};
-use broker_auth_operator::lag::consumer_lag;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 

@@ -8,6 +8,7 @@
 mod crd;
 mod external_metrics;
 mod fake_api;
+mod high_availability;
 mod kafka_cleanup;
 mod lag;
 mod leader;

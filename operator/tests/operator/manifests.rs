@@ -44,6 +44,8 @@ fn the_manifests_in_k8s_are_valid_kubernetes_objects() {
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         // Kustomize's own file, not an object the cluster receives.
         .filter(|path| !path.ends_with("kustomization.yaml"))
+        // cert-manager's kinds have no schema in kubernetes-validate; checked below.
+        .filter(|path| !path.ends_with("cert-manager.yaml"))
         .collect();
     files.push(k8s.join("examples/secrets.yaml"));
     files.sort();
@@ -125,4 +127,98 @@ fn the_keda_scaled_object_has_one_kafka_trigger_per_request_topic() {
         assert_eq!(metadata["offsetResetPolicy"], "earliest");
         assert_eq!(metadata["allowIdleConsumers"], "false");
     }
+}
+
+fn documents(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo_root().join("k8s").join(file)).unwrap();
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// As the chart does: the aggregator verifies the operator's certificate against a CA in the
+/// APIService's caBundle (injected by cert-manager), never `insecureSkipTLSVerify`.
+#[test]
+fn the_plain_manifests_verify_the_operators_certificate_as_the_chart_does() {
+    let apiservices = documents("external-metrics.yaml");
+    let apiservice = find(
+        &apiservices,
+        "APIService",
+        "v1beta1.external.metrics.k8s.io",
+    );
+    assert_ne!(apiservice["spec"]["insecureSkipTLSVerify"], true);
+    let injected = apiservice["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .expect("the APIService names the certificate whose CA cert-manager injects");
+    let (namespace, certificate) = injected.split_once('/').unwrap();
+    let service = &apiservice["spec"]["service"];
+    assert_eq!(service["namespace"], namespace);
+
+    let issued = documents("cert-manager.yaml");
+    let certificate = find(&issued, "Certificate", certificate);
+    assert_eq!(certificate["metadata"]["namespace"], namespace);
+    let service_dns = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap(),
+        service["namespace"].as_str().unwrap()
+    );
+    let names = certificate["spec"]["dnsNames"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| *n == service_dns.as_str()),
+        "{names:?}"
+    );
+    // Its issuer is a CA, not the self-signed issuer: the caBundle must be a CA.
+    let issuer = find(
+        &issued,
+        "Issuer",
+        certificate["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    assert!(issuer["spec"]["ca"]["secretName"].is_string());
+    let secret = certificate["spec"]["secretName"].as_str().unwrap();
+
+    let operator = documents("operator.yaml");
+    let pod = &find(&operator, "Deployment", "broker-auth-operator")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == secret)
+        .expect("the operator mounts the serving certificate");
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .unwrap();
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_owned()
+    };
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(env("TLS_CERT_FILE"), format!("{dir}/tls.crt"));
+    assert_eq!(env("TLS_KEY_FILE"), format!("{dir}/tls.key"));
+}
+
+#[test]
+fn the_plain_manifests_run_two_operator_replicas_kept_up_by_a_disruption_budget() {
+    let operator = documents("operator.yaml");
+    let deployment = find(&operator, "Deployment", "broker-auth-operator");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    let budget = find(&operator, "PodDisruptionBudget", "broker-auth-operator");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
 }

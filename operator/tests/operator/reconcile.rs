@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 
@@ -163,6 +162,13 @@ impl ApiServer {
                             "metadata": {"name": name, "namespace": "default", "resourceVersion": "42"}}),
                 )
             }
+            // No autoscaler of the other provider, and no HPA of KEDA's.
+            "GET"
+                if path.contains("/scaledobjects/")
+                    || path.contains("/horizontalpodautoscalers/") =>
+            {
+                not_found()
+            }
             "PATCH" if path.ends_with("/status") => {
                 let mut merged = ba;
                 merged["status"] = body["status"].clone();
@@ -228,18 +234,13 @@ async fn try_reconcile(
             respond.send_response(response);
         }
     });
-    let context = Arc::new(Context {
-        client: client.clone(),
-        kafka: kafka.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: "broker-auth-operator".into(),
-                instance: Some("test".into()),
-            },
-        ),
-        metrics: Arc::new(Metrics::default()),
-    });
+    let context = Arc::new(Context::new(
+        client,
+        kafka.clone(),
+        Arc::new(Metrics::default()),
+        Some("test".into()),
+        std::time::Duration::from_secs(15),
+    ));
     let action = reconcile::reconcile(Arc::new(server.brokerauth), context).await;
     api.abort();
     let requests = recorded.lock().unwrap().clone();
@@ -305,12 +306,14 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
         .map(|r| r.path.as_str())
         .collect();
     assert_eq!(secret_gets.len(), 4);
-    // The KEDA ScaledObject of the other provider is removed if present.
+    // The KEDA ScaledObject of the other provider is looked for (to be removed if this
+    // BrokerAuth owns one); there is none, so nothing is deleted.
     assert!(
         requests
             .iter()
-            .any(|r| r.method == "DELETE" && r.path.ends_with("/scaledobjects/auth-dbproc"))
+            .any(|r| r.method == "GET" && r.path.ends_with("/scaledobjects/auth-dbproc"))
     );
+    assert!(!requests.iter().any(|r| r.method == "DELETE"));
     // Becoming Ready is an event.
     assert!(
         requests

@@ -73,3 +73,17 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One lag read through the operator's Kafka clients, made for this read.
+pub async fn consumer_lag(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[String],
+    policy: broker_auth_operator::crd::UncommittedPartitionPolicy,
+    _timeout: Duration,
+) -> broker_auth_operator::Result<broker_auth_operator::lag::ConsumerLag> {
+    use broker_auth_operator::kafka::KafkaAdmin;
+    broker_auth_operator::kafka::RdKafkaAdmin::default()
+        .consumer_lag(settings, group, topics, policy)
+        .await
+}
