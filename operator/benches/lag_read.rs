@@ -43,7 +43,12 @@ async fn run() -> anyhow::Result<()> {
     for read in 1..=READS {
         let started = Instant::now();
         lag = admin
-            .consumer_lag(&settings, GROUP, &topics, UncommittedPartitionPolicy::Earliest)
+            .consumer_lag(
+                &settings,
+                GROUP,
+                &topics,
+                UncommittedPartitionPolicy::Earliest,
+            )
             .await?
             .total();
         let elapsed = started.elapsed();
