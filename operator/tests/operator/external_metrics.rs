@@ -153,7 +153,7 @@ pub async fn https_get(
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await

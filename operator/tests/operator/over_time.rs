@@ -154,7 +154,16 @@ pub async fn start_operator(
     api: &FakeApi,
     kafka: Arc<dyn KafkaAdmin>,
 ) -> (Replica, CancellationToken) {
-    let config = Cli::parse_from([
+    start_operator_with(api, kafka, &[]).await
+}
+
+/// [`start_operator`] with more command-line flags.
+pub async fn start_operator_with(
+    api: &FakeApi,
+    kafka: Arc<dyn KafkaAdmin>,
+    flags: &[&str],
+) -> (Replica, CancellationToken) {
+    let mut args = vec![
         "broker-auth-operator",
         "--metrics-listen",
         "127.0.0.1:0",
@@ -162,8 +171,9 @@ pub async fn start_operator(
         "false",
         "--leader-election",
         "false",
-    ])
-    .config;
+    ];
+    args.extend_from_slice(flags);
+    let config = Cli::parse_from(args).config;
     let shutdown = CancellationToken::new();
     let replica = Replica::start(config, api.client(), kafka, shutdown.clone())
         .await
@@ -372,7 +382,13 @@ async fn keda_installed_after_the_operator_started_is_noticed_and_its_scaled_obj
     let api = FakeApi::default();
     let key = seed(&api);
     set_provider(&api, &key, "Keda");
-    let (replica, shutdown) = start_operator(&api, Arc::new(BusyKafka::default())).await;
+    // A refresh timer this slow cannot be what notices anything below.
+    let (replica, shutdown) = start_operator_with(
+        &api,
+        Arc::new(BusyKafka::default()),
+        &["--lag-refresh-seconds", "300"],
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
         condition(&api, &key, "Stalled")["reason"],
