@@ -46,6 +46,7 @@ pub fn api_name(key: i16) -> String {
         32 => "DescribeConfigs",
         42 => "DeleteGroups",
         60 => "DescribeCluster",
+        71 => "GetTelemetrySubscriptions",
         _ => return format!("ApiKey{key}"),
     }
     .to_owned()

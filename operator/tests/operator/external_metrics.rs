@@ -179,6 +179,15 @@ pub async fn https_get(
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
+/// A watch cache that has listed `ba`.
+fn listed(ba: BrokerAuth) -> Writer<BrokerAuth> {
+    let mut writer: Writer<BrokerAuth> = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(ba));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    writer
+}
+
 /// The API on a loopback port with a fresh self-signed certificate.
 async fn serve(
     state: ExternalMetricsState,
@@ -209,8 +218,7 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
     ba.metadata.namespace = Some(namespace.clone());
     ba.spec.kafka.bootstrap_servers = KAFKA.into();
     ba.spec.dbproc.lag_per_replica = 2;
-    let mut writer: Writer<BrokerAuth> = Writer::default();
-    writer.apply_watcher_event(&watcher::Event::Apply(ba));
+    let writer = listed(ba);
     let ca = RequestHeaderCa::new();
     let proxy = ca.client(PROXY_NAME);
     let (access, reviews) = access_reviewer();
@@ -306,8 +314,7 @@ async fn metric_values_are_served_only_to_users_the_aggregator_vouches_for_and_r
     let (access, reviews) = access_reviewer();
     let mut ba = sample_brokerauth();
     ba.spec.kafka.bootstrap_servers = KAFKA.into();
-    let mut writer: Writer<BrokerAuth> = Writer::default();
-    writer.apply_watcher_event(&watcher::Event::Apply(ba));
+    let writer = listed(ba);
     let (addr, cert, shutdown) = serve(ExternalMetricsState {
         brokerauths: writer.as_reader(),
         // Never reached: every request here is refused before Kafka is asked.
@@ -402,4 +409,36 @@ async fn a_rotated_certificate_file_is_served_without_a_restart() {
     .await;
     shutdown.cancel();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_has_not_listed_the_brokerauths_yet_answers_unavailable_not_not_found() {
+    use tower::ServiceExt;
+    let ca = RequestHeaderCa::new();
+    let proxy = ca.client(PROXY_NAME);
+    let api = crate::fake_api::FakeApi::default();
+    // A watch that has not finished its first list.
+    let writer: Writer<BrokerAuth> = Writer::default();
+    let state = ExternalMetricsState {
+        brokerauths: writer.as_reader(),
+        kafka: Arc::new(RdKafkaAdmin::default()),
+        front_proxy: ca.trust(),
+        access: Arc::new(SubjectAccessReviewer::new(api.client())),
+    };
+    let mut request = http::Request::get(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/brokerauth-dbproc-lag?labelSelector=auth.cfdbroker.io%2Fbrokerauth%3Dauth",
+    )
+    .header("X-Remote-User", HPA_USER)
+    .body(axum::body::Body::empty())
+    .unwrap();
+    request.extensions_mut().insert(
+        broker_auth_operator::front_proxy::VerifiedClientCert::from_chain(&proxy.chain).unwrap(),
+    );
+    let response = router(state).oneshot(request).await.unwrap();
+    // "No such BrokerAuth" would make the HPA act on a lie; "not yet" makes it retry.
+    assert_eq!(response.status(), 503);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let status: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["message"], "the operator has not listed the BrokerAuths yet");
+    drop(writer);
 }
