@@ -6,6 +6,7 @@ pub mod app;
 pub mod autoscaler;
 pub mod config;
 pub mod crd;
+pub mod deletion;
 pub mod error;
 pub mod external_metrics;
 pub mod front_proxy;

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use broker_auth_contract::Topics;
 use broker_auth_kafka::KafkaSettings;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -20,11 +18,12 @@ use tracing::{Instrument, field, info_span, warn};
 
 use crate::autoscaler::{self, Switch};
 use crate::crd::{self, BrokerAuth, LagMetricsProvider};
+use crate::deletion;
 use crate::error::{Error, Result};
-use crate::kafka::{KafkaAdmin, LeftInKafka, TopicReport};
+use crate::kafka::{KafkaAdmin, TopicReport};
 use crate::metrics::{InstanceLabels, Metrics};
 use crate::resources::{self, MANAGER, MAX_NAME_LEN, Tier};
-use crate::status::{Observed, publish, rolling_out, tier_status, update_status};
+use crate::status::{Observed, rolling_out, tier_status, update_status};
 
 pub const FINALIZER: &str = "auth.cfdbroker.io/cleanup";
 
@@ -114,7 +113,7 @@ impl Context {
         }
     }
 
-    fn forget(&self, ba: &BrokerAuth) {
+    pub(crate) fn forget(&self, ba: &BrokerAuth) {
         self.succeeded(ba);
         if let Ok(mut topics) = self.topics.lock() {
             topics.remove(&ObjectRef::from_obj(ba));
@@ -151,7 +150,7 @@ async fn reconcile_once(ba: &Arc<BrokerAuth>, ctx: &Arc<Context>) -> Result<Acti
     // for the workloads to stop happens before it is called.
     if ba.meta().deletion_timestamp.is_some()
         && ba.finalizers().iter().any(|f| f == FINALIZER)
-        && let Some(waiting) = stop_workloads(ba, &namespace, ctx).await?
+        && let Some(waiting) = deletion::stop_workloads(ba, &namespace, ctx).await?
     {
         return Ok(waiting);
     }
@@ -159,7 +158,7 @@ async fn reconcile_once(ba: &Arc<BrokerAuth>, ctx: &Arc<Context>) -> Result<Acti
     finalizer(&api, FINALIZER, ba.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(ba) => apply(&ba, &namespace, ctx).await,
-            FinalizerEvent::Cleanup(ba) => cleanup(&ba, &namespace, ctx).await,
+            FinalizerEvent::Cleanup(ba) => deletion::cleanup(&ba, &namespace, ctx).await,
         }
     })
     .await
@@ -460,132 +459,6 @@ async fn ensure_topics(ba: &BrokerAuth, topics: &Topics, ctx: &Context) -> Resul
         );
     }
     Ok(report)
-}
-
-/// How often a BrokerAuth being deleted looks again whether its workloads are gone (their
-/// deletion also triggers a reconcile, through `Controller::owns`).
-pub const WORKLOADS_GONE_POLL: Duration = Duration::from_secs(5);
-
-/// For how long after deletion was requested a transient Kafka failure (a consumer still in a
-/// group until its session times out, a coordinator moving, the broker unreachable) is retried.
-/// After that the BrokerAuth goes anyway and a warning Event names what was left: a Kafka that
-/// is gone for good must not keep it forever.
-pub const KAFKA_CLEANUP_GRACE: Duration = Duration::from_secs(300);
-
-/// First stage of deletion: the api and dbproc Deployments are deleted with foreground
-/// propagation, so they exist until their pods are gone. Returns the requeue to wait with while
-/// either still exists. Only then may Kafka data go: a dbproc still running would recreate the
-/// group's offsets, and an api still running would produce into deleted topics.
-async fn stop_workloads(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Option<Action>> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = ba.name_any();
-    let mut running = Vec::new();
-    for tier in [Tier::Api, Tier::Dbproc] {
-        let deployment = tier.object_name(&name);
-        // Deleting again while a foreground deletion runs is harmless and answers whether the
-        // object is still there (the object) or gone (404, or a Status when deleted at once).
-        match api.delete(&deployment, &DeleteParams::foreground()).await {
-            // Left: the object, still there; Right: a Status, deleted.
-            Ok(answer) if answer.is_left() => running.push(deployment),
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    if running.is_empty() {
-        Ok(None)
-    } else {
-        tracing::info!(deployments = ?running, "waiting for the workloads to stop before deleting kafka data");
-        Ok(Some(Action::requeue(WORKLOADS_GONE_POLL)))
-    }
-}
-
-/// Last stage of deletion, once no pod of the BrokerAuth runs: its topics and its consumer
-/// groups' committed offsets, unless `kafka.deleteTopicsOnDelete` is off. The offsets go too:
-/// a BrokerAuth re-created under the same name would otherwise find its new, empty topics
-/// behind old commits (lag read as 0, records skipped). Kept, they stay together.
-async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action> {
-    // Other child objects go with the BrokerAuth through their owner references.
-    // A name no topics can be derived from never had topics; failing here would keep the
-    // finalizer, and the BrokerAuth, forever.
-    let topics = Topics::for_deployment(namespace, &ba.name_any()).ok();
-    if let (true, Some(topics)) = (ba.spec.kafka.delete_topics_on_delete, topics) {
-        match delete_kafka_data(ba, &topics, ctx).await {
-            Ok(left) if left.is_empty() => {}
-            Ok(left) => {
-                let left: Vec<String> = left.iter().map(ToString::to_string).collect();
-                warn!(left = ?left, "kafka refused to delete some of the BrokerAuth's data");
-                publish(
-                    ctx,
-                    ba,
-                    EventType::Warning,
-                    "KafkaDataLeft",
-                    &format!(
-                        "Kafka refused to delete, so these remain: {}",
-                        left.join(", ")
-                    ),
-                )
-                .await;
-            }
-            Err(error) if !grace_expired(ba) => {
-                // Keeps the finalizer; error_policy tries again.
-                return Err(error);
-            }
-            Err(error) => {
-                warn!(%error, "giving up on deleting kafka data");
-                publish(
-                    ctx,
-                    ba,
-                    EventType::Warning,
-                    "KafkaDataLeft",
-                    &format!(
-                        "topics and consumer groups with prefix {} may remain; still failing after {} s: {error}",
-                        topics.prefix(),
-                        KAFKA_CLEANUP_GRACE.as_secs()
-                    ),
-                )
-                .await;
-            }
-        }
-    }
-    ctx.metrics.dbproc_lag.remove(&InstanceLabels {
-        namespace: namespace.to_owned(),
-        name: ba.name_any(),
-    });
-    ctx.forget(ba);
-    Ok(Action::await_change())
-}
-
-/// The consumer groups first, and the topics only when they went: offsets left behind without
-/// their topics are the one state worse than keeping both (a re-created BrokerAuth would read its
-/// new topics' lag as 0 behind them), so a broker that refuses DeleteGroups keeps the topics too.
-async fn delete_kafka_data(
-    ba: &BrokerAuth,
-    topics: &Topics,
-    ctx: &Context,
-) -> Result<Vec<LeftInKafka>> {
-    let settings = kafka_settings(ba);
-    let mut left = ctx
-        .kafka
-        .delete_consumer_groups(&settings, &[topics.dbproc_group(), topics.mailer_group()])
-        .await?;
-    if left.is_empty() {
-        left = ctx.kafka.delete_topics(&settings, &topics.all()).await?;
-    } else {
-        left.extend(topics.all().into_iter().map(|topic| LeftInKafka {
-            kind: "topic",
-            name: topic,
-            answer: "kept with its consumer groups' offsets".into(),
-        }));
-    }
-    Ok(left)
-}
-
-fn grace_expired(ba: &BrokerAuth) -> bool {
-    ba.meta().deletion_timestamp.as_ref().is_some_and(|since| {
-        let waited = Timestamp::now().duration_since(since.0);
-        waited.as_secs() >= i64::try_from(KAFKA_CLEANUP_GRACE.as_secs()).unwrap_or(i64::MAX)
-    })
 }
 
 /// The resource versions of the referenced Secrets, and the names of those that are missing.

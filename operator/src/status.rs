@@ -110,7 +110,7 @@ fn conditions(ba: &BrokerAuth, observed: &Observed) -> Vec<Condition> {
             RECONCILING,
             false,
             reason,
-            "waiting for the spec or its Secrets to be fixed".into(),
+            "waiting for what the Stalled condition names to change".into(),
             generation,
         ));
         return conditions;

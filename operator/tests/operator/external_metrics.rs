@@ -439,6 +439,9 @@ async fn a_replica_that_has_not_listed_the_brokerauths_yet_answers_unavailable_n
     assert_eq!(response.status(), 503);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let status: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(status["message"], "the operator has not listed the BrokerAuths yet");
+    assert_eq!(
+        status["message"],
+        "the operator has not listed the BrokerAuths yet"
+    );
     drop(writer);
 }

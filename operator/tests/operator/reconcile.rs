@@ -560,7 +560,7 @@ async fn deleting_a_brokerauth_waits_while_its_pods_run_and_leaves_kafka_alone()
     .await;
     assert_eq!(
         action.unwrap(),
-        Action::requeue(reconcile::WORKLOADS_GONE_POLL)
+        Action::requeue(broker_auth_operator::deletion::WORKLOADS_GONE_POLL)
     );
     assert_eq!(
         calls_made(&requests),
@@ -704,7 +704,8 @@ async fn a_transient_kafka_failure_keeps_the_finalizer_until_the_grace_period_en
         deletions: Deletions::GroupNotEmpty,
         ..FakeKafka::default()
     });
-    let late = reconcile::KAFKA_CLEANUP_GRACE + std::time::Duration::from_secs(1);
+    let late =
+        broker_auth_operator::deletion::KAFKA_CLEANUP_GRACE + std::time::Duration::from_secs(1);
     let (requests, _) = reconcile_once(deletion_server(being_deleted(late), false), kafka).await;
     assert_eq!(
         calls_made(&requests),
