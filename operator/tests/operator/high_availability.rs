@@ -144,11 +144,17 @@ async fn a_leader_change_while_the_hpa_reads_metrics_from_both_replicas_fails_no
     // Only the leader reconciles.
     let follower = replicas.iter().find(|r| r.name != first_leader).unwrap();
     let leader = replicas.iter().find(|r| r.name == first_leader).unwrap();
-    eventually(Duration::from_secs(20), "the leader reconciling", || async {
-        (leader.metrics.reconciles.get() > 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the leader reconciling",
+        || async { (leader.metrics.reconciles.get() > 0).then_some(()) },
+    )
     .await;
-    assert_eq!(follower.metrics.reconciles.get(), 0, "a follower reconciled");
+    assert_eq!(
+        follower.metrics.reconciles.get(),
+        0,
+        "a follower reconciled"
+    );
 
     // The HPA reads the metric from both replicas, as the APIService's Service spreads it.
     let failures = Arc::new(Mutex::new(Vec::new()));
