@@ -445,3 +445,23 @@ async fn a_replica_that_has_not_listed_the_brokerauths_yet_answers_unavailable_n
     );
     drop(writer);
 }
+
+#[tokio::test]
+async fn a_replica_is_ready_for_the_service_only_once_it_has_listed_the_brokerauths() {
+    use tower::ServiceExt;
+    let mut writer: Writer<BrokerAuth> = Writer::default();
+    let router = broker_auth_operator::app::health_router(
+        Arc::new(broker_auth_operator::metrics::Metrics::default()),
+        writer.as_reader(),
+    );
+    let readyz = |router: axum::Router| async move {
+        let request = http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap().status()
+    };
+    assert_eq!(readyz(router.clone()).await, 503);
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    assert_eq!(readyz(router).await, 200);
+}
