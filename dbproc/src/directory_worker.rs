@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker_auth_contract::{DirectoryReply, DirectoryRequest, RequestKind, Topics, headers};
-use broker_auth_kafka::header_str;
+use broker_auth_contract::{
+    ContractError, DirectoryReply, DirectoryRequest, ReplyHeaders, RequestHeaders, RequestKind,
+    Topics, headers,
+};
+use broker_auth_kafka::raw_headers;
 use broker_auth_kafka::rdkafka::Message;
-use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use broker_auth_kafka::rdkafka::message::BorrowedMessage;
 use broker_auth_user_store::UserDirectory;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -52,7 +55,7 @@ struct Request {
     kind: RequestKind,
     request_id: Uuid,
     body: DirectoryRequest,
-    correlation_id: String,
+    correlation_id: Uuid,
     reply_to: String,
     traceparent: Option<String>,
 }
@@ -120,25 +123,24 @@ impl DirectoryWorker {
                     format!("{} is not a request topic", message.topic()),
                 )
             })?;
-        let record_headers = message.headers();
-        let correlation_id =
-            header_str(record_headers, headers::CORRELATION_ID).ok_or_else(|| {
-                Undeliverable::new("missing_correlation_id", "no valid correlation-id header")
-            })?;
-        if Uuid::parse_str(correlation_id).is_err() {
-            return Err(Undeliverable::new(
-                "invalid_correlation_id",
-                "the correlation-id header is not a UUID",
-            ));
-        }
-        let reply_to = header_str(record_headers, headers::REPLY_TO)
-            .ok_or_else(|| Undeliverable::new("missing_reply_to", "no valid reply-to header"))?;
-        if !self
-            .topics
-            .reply_topics()
-            .iter()
-            .any(|topic| topic == reply_to)
-        {
+        let record_headers = raw_headers(message.headers());
+        let RequestHeaders {
+            correlation_id,
+            reply_to,
+            traceparent,
+        } = RequestHeaders::decode(&record_headers).map_err(|error| {
+            let code = match &error {
+                ContractError::MissingHeader(headers::CORRELATION_ID) => "missing_correlation_id",
+                ContractError::MissingHeader(_) => "missing_reply_to",
+                ContractError::InvalidHeader {
+                    name: headers::CORRELATION_ID,
+                    ..
+                } => "invalid_correlation_id",
+                _ => "invalid_reply_to",
+            };
+            Undeliverable::new(code, error)
+        })?;
+        if !self.topics.reply_topics().contains(&reply_to) {
             return Err(Undeliverable::new(
                 "invalid_reply_to",
                 format!("{reply_to:?} is not a reply topic of this deployment"),
@@ -153,9 +155,9 @@ impl DirectoryWorker {
             kind,
             request_id: envelope.request_id,
             body: envelope.body,
-            correlation_id: correlation_id.to_owned(),
-            reply_to: reply_to.to_owned(),
-            traceparent: header_str(record_headers, headers::TRACEPARENT).map(str::to_owned),
+            correlation_id,
+            reply_to,
+            traceparent,
         })
     }
 
@@ -182,16 +184,16 @@ impl DirectoryWorker {
             )
         });
 
-        let mut reply_headers = OwnedHeaders::new().insert(Header {
-            key: headers::CORRELATION_ID,
-            value: Some(request.correlation_id.as_str()),
-        });
-        if let Some(traceparent) = &request.traceparent {
-            reply_headers = reply_headers.insert(Header {
-                key: headers::TRACEPARENT,
-                value: Some(traceparent.as_str()),
-            });
+        let reply_headers = ReplyHeaders {
+            correlation_id: request.correlation_id,
+            traceparent: request.traceparent.clone(),
         }
+        .encode();
+        let reply_headers = broker_auth_kafka::headers(
+            reply_headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
         self.outbox
             .send(
                 &request.reply_to,

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{RequestKind, Topics, headers};
-use broker_auth_kafka::{KafkaSettings, header_str};
+use broker_auth_contract::{ReplyHeaders, RequestHeaders, RequestKind, Topics};
+use broker_auth_kafka::{KafkaSettings, raw_headers};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -250,8 +250,8 @@ async fn read_replies(
                 continue;
             }
         };
-        let Some(correlation_id) = header_str(message.headers(), headers::CORRELATION_ID)
-            .and_then(|id| id.parse::<Uuid>().ok())
+        let Ok(ReplyHeaders { correlation_id, .. }) =
+            ReplyHeaders::decode(&raw_headers(message.headers()))
         else {
             tracing::warn!(
                 topic = message.topic(),
@@ -290,19 +290,20 @@ impl DirectoryTransport for KafkaTransport {
 
         let request_topic = self.topics.request(kind);
         let reply_topic = self.topics.reply(kind);
-        let correlation = correlation_id.to_string();
-        let traceparent = broker_auth_telemetry::traceparent(&tracing::Span::current());
-        let mut pairs = vec![
-            (headers::CORRELATION_ID, correlation.as_str()),
-            (headers::REPLY_TO, reply_topic.as_str()),
-        ];
-        if let Some(traceparent) = &traceparent {
-            pairs.push((headers::TRACEPARENT, traceparent));
+        let request_headers = RequestHeaders {
+            correlation_id,
+            reply_to: reply_topic,
+            traceparent: broker_auth_telemetry::traceparent(&tracing::Span::current()),
         }
+        .encode();
         let record = FutureRecord::to(&request_topic)
             .key(key)
             .payload(&body)
-            .headers(broker_auth_kafka::headers(pairs));
+            .headers(broker_auth_kafka::headers(
+                request_headers
+                    .iter()
+                    .map(|(name, value)| (*name, value.as_str())),
+            ));
 
         let exchange = async {
             self.producer

@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod record_headers;
 mod topics;
 
+pub use record_headers::{RawHeader, ReplyHeaders, RequestHeaders};
 pub use topics::{RequestKind, Topics};
 
 /// The version every message body carries. A consumer rejects (dead-letters) other versions.
@@ -94,6 +96,8 @@ impl<T: DeserializeOwned> Envelope<T> {
 
 /// A user as the directory knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// The API answers with this type as it is; its OpenAPI schema is derived from it, not retyped.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: Uuid,
     pub email: String,

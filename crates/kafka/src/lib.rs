@@ -217,6 +217,17 @@ pub fn header_str<'a>(headers: Option<&'a BorrowedHeaders>, name: &str) -> Optio
         .and_then(|value| std::str::from_utf8(value).ok())
 }
 
+/// A consumed record's headers as `(name, value)` pairs, the form the contract's decoders read
+/// (`broker_auth_contract::RequestHeaders::decode`).
+pub fn raw_headers(headers: Option<&BorrowedHeaders>) -> Vec<(&str, Option<&[u8]>)> {
+    headers.map_or_else(Vec::new, |headers| {
+        headers
+            .iter()
+            .map(|header| (header.key, header.value))
+            .collect()
+    })
+}
+
 /// Builds record headers from `(name, value)` pairs.
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
     pairs
