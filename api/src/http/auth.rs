@@ -9,13 +9,17 @@ use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use broker_auth_contract::{MailRequest, MailTemplate, User, UserCreation, UserCreationResult};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Text};
+use super::openapi::{
+    CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::cookie::{clearing_cookie, session_cookie, session_token};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
@@ -38,13 +42,41 @@ impl FieldErrors {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The address to send a code to.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct SignupRequest {
+    /// Trimmed and lowercased by the API; an internationalized domain is converted to punycode.
+    #[schema(default, value_type = String, format = Email, max_length = 254, required = true, example = "ada@example.com")]
     email: Text,
 }
 
-/// 202 for every valid address: a code to a new one, an "account exists" notice to a known one.
+/// The same answer whether or not the address has an account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignupAccepted {
+    message: &'static str,
+}
+
+/// Sends a code (or an "account exists" notice to a registered address).
+///
+/// 202 for every valid address, the same whether or not it has an account.
+#[utoipa::path(
+    post,
+    path = "/signup",
+    tag = "auth",
+    request_body(content = SignupRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "A mail is on its way (a code, or a notice that the address has an account).", body = SignupAccepted),
+        (status = 400, response = MalformedJson),
+        (status = 403, response = CrossSite),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[tracing::instrument(name = "signup", skip_all)]
 pub async fn signup(
     State(state): State<AppState>,
@@ -72,9 +104,9 @@ pub async fn signup(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "message": "Check your inbox: if the address can receive mail, a message is on its way."
-        })),
+        Json(SignupAccepted {
+            message: "Check your inbox: if the address can receive mail, a message is on its way.",
+        }),
     )
         .into_response())
 }
@@ -117,17 +149,53 @@ async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), 
     Ok(())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The code from the mail, and the new account's password and name.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct VerifyRequest {
+    #[schema(default, value_type = String, format = Email, max_length = 254, required = true, example = "ada@example.com")]
     email: Text,
+    /// The six digits from the mail (surrounding spaces are ignored).
+    #[schema(default, value_type = String, pattern = "^[0-9]{6}$", required = true, example = "012345")]
     otp: Text,
+    /// 8 to 128 characters, counted as characters; used whole (never truncated).
+    #[schema(default, value_type = String, min_length = 8, max_length = 128, format = Password, required = true)]
     password: Text,
+    /// Shown to the user; trimmed, not blank, at most 200 characters, no control characters (the
+    /// pattern: some character that is neither a space nor a control, and no control at all).
+    #[schema(default, value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = true, example = "Ada Lovelace")]
     name: Text,
 }
 
-/// Checks the code (attempt counted first, constant-time compare, consumed once), creates the
-/// user and starts a session: 201 with the user and the cookie.
+/// A user and their new session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    user: User,
+}
+
+/// Checks the code and creates the account.
+///
+/// The attempt is counted first, the code compared in constant time and consumed once; then the
+/// user is created and a session started: 201 with the user and the cookie. A 503 gives the code
+/// back, so the same request can be retried.
+#[utoipa::path(
+    post,
+    path = "/verify",
+    tag = "auth",
+    request_body(content = VerifyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The account exists and the session has started.", body = UserBody, headers(("Set-Cookie" = String, description = "The session cookie."))),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object; or `invalid_code`: the code is wrong, expired or used up.", body = ErrorBody),
+        (status = 403, response = CrossSite),
+        (status = 409, description = "`account_exists`: the address already has an account.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[tracing::instrument(name = "verify", skip_all)]
 pub async fn verify(
     State(state): State<AppState>,
@@ -218,15 +286,38 @@ pub async fn verify(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An address and its password.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct SigninRequest {
+    #[schema(default, value_type = String, format = Email, max_length = 254, required = true, example = "ada@example.com")]
     email: Text,
+    #[schema(default, value_type = String, min_length = 1, max_length = 128, format = Password, required = true)]
     password: Text,
 }
 
+/// Starts a session.
+///
 /// 200 with the user and the cookie; one 401 for an unknown address and a wrong password alike,
 /// after the same bcrypt work.
+#[utoipa::path(
+    post,
+    path = "/signin",
+    tag = "auth",
+    request_body(content = SigninRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The session has started.", body = UserBody, headers(("Set-Cookie" = String, description = "The session cookie."))),
+        (status = 400, response = MalformedJson),
+        (status = 401, description = "`invalid_credentials`: unknown address or wrong password (one answer for both).", body = ErrorBody),
+        (status = 403, response = CrossSite),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[tracing::instrument(name = "signin", skip_all)]
 pub async fn signin(
     State(state): State<AppState>,
@@ -288,7 +379,7 @@ async fn start_session(
             SET_COOKIE,
             session_cookie(&token, ttl, state.policy.cookie_secure),
         )],
-        Json(json!({ "user": user })),
+        Json(UserBody { user }),
     )
         .into_response())
 }
@@ -306,16 +397,47 @@ async fn current_session(
     Ok(session.filter(|session| session.user.id.to_string() == claims.sub))
 }
 
-/// 200 `{user}` for a live session, else 401.
+/// The signed-in user.
+///
+/// 200 `{user}` for a live session (token valid and not revoked), else 401.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "auth",
+    security(("session_cookie" = []), ("session_cookie_plain" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The session's user.", body = UserBody),
+        (status = 401, description = "`unauthenticated`: no token, an invalid or expired one, or a revoked session.", body = ErrorBody),
+        (status = 403, response = CrossSite),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[tracing::instrument(name = "me", skip_all)]
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let session = current_session(&state, &headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    Ok(Json(json!({ "user": session.user })).into_response())
+    Ok(Json(UserBody { user: session.user }).into_response())
 }
 
+/// Ends this session.
+///
 /// Revokes this session only and clears the cookie: 204, also when there was nothing to revoke.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "auth",
+    security((), ("session_cookie" = []), ("session_cookie_plain" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "The session (if any) is revoked and the cookie cleared.", headers(("Set-Cookie" = String, description = "Clears the session cookie."))),
+        (status = 403, response = CrossSite),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[tracing::instrument(name = "logout", skip_all)]
 pub async fn logout(
     State(state): State<AppState>,

@@ -8,8 +8,8 @@ use axum::Json;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::openapi::{ErrorBody, ErrorDetail};
 use crate::directory::DirectoryError;
 use crate::outbox::OutboxError;
 use crate::store::StoreError;
@@ -136,11 +136,18 @@ impl IntoResponse for ApiError {
             Self::MalformedJson(detail) => tracing::debug!(detail, "malformed request body"),
             _ => {}
         }
-        let mut error = json!({ "code": code, "message": message });
-        if let Self::Validation(fields) = &self {
-            error["fields"] = json!(fields);
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let fields = match &self {
+            Self::Validation(fields) => Some(fields.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message,
+                fields,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
         let retry_after = match &self {
             Self::RateLimited { retry_after } => Some(*retry_after),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),

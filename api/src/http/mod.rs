@@ -6,15 +6,17 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::crypto::{Keys, PasswordHasher};
 use crate::directory::Directory;
@@ -24,11 +26,15 @@ use crate::store::EphemeralStore;
 
 mod auth;
 pub mod error;
-mod extract;
+// Public for the fuzz targets (`fuzz/`): the JSON body extractor.
+pub mod extract;
+pub mod openapi;
 mod ops;
 mod ui;
 
 pub use error::ApiError;
+// Public for the fuzz target of the JSON body extractor (`fuzz/`), which decodes into them.
+pub use auth::{SigninRequest, SignupRequest, VerifyRequest};
 
 /// The most a request body may hold.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -81,13 +87,46 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The documented routes, unlayered, and their OpenAPI description: one list makes both, so
+/// nothing is routed without being described.
+pub(crate) struct DocumentedRoutes {
+    /// Under `/api/v1/auth`.
+    pub auth: Router<AppState>,
+    /// Everything else: operations, this document, the UI.
+    pub public: Router<AppState>,
+    pub doc: utoipa::openapi::OpenApi,
+}
+
+pub(crate) fn documented_routes() -> DocumentedRoutes {
+    let (auth, auth_doc) = OpenApiRouter::new()
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::verify))
+        .routes(routes!(auth::signin))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::logout))
+        .split_for_parts();
+    let (public, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ui::index))
+        .routes(routes!(ui::app_js))
+        .routes(routes!(ui::app_css))
+        .split_for_parts();
+    DocumentedRoutes {
+        auth,
+        public,
+        doc: openapi::with_links(doc.nest(AUTH_BASE, auth_doc)),
+    }
+}
+
+/// Where the auth flows live.
+pub const AUTH_BASE: &str = "/api/v1/auth";
+
 pub fn router(state: AppState) -> Router {
-    let auth = Router::new()
-        .route("/signup", post(auth::signup))
-        .route("/verify", post(auth::verify))
-        .route("/signin", post(auth::signin))
-        .route("/me", get(auth::me))
-        .route("/logout", post(auth::logout))
+    let DocumentedRoutes { auth, public, .. } = documented_routes();
+    let auth = auth
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .route_layer(middleware::from_fn(refuse_cross_site))
         .layer(SetResponseHeaderLayer::overriding(
@@ -96,11 +135,8 @@ pub fn router(state: AppState) -> Router {
         ));
 
     let router = Router::new()
-        .nest("/api/v1/auth", auth)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .merge(ui::router())
+        .nest(AUTH_BASE, auth)
+        .merge(public)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -200,18 +236,4 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         started.elapsed(),
     );
     response
-}
-
-fn json_content_type() -> HeaderValue {
-    HeaderValue::from_static("application/json")
-}
-
-/// A small JSON response, for the operational endpoints.
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    (
-        status,
-        [(CONTENT_TYPE, json_content_type())],
-        body.to_string(),
-    )
-        .into_response()
 }

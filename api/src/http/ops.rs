@@ -1,42 +1,103 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
-use super::{AppState, json_response};
+use super::AppState;
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    status: &'static str,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    status: ReadinessStatus,
+    checks: ReadinessChecks,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    Ready,
+    NotReady,
+}
+
+/// One entry per dependency. The port is public, so only which check failed is told; the reason
+/// goes to the log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReadinessChecks {
+    store: CheckStatus,
+    directory: CheckStatus,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    Unavailable,
+}
 
 /// Alive: the process answers.
-pub async fn healthz() -> Response {
-    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process answers.", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready: the store answers and the directory can be asked (Kafka reachable, reply reader positioned).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency answers.", body = Readiness),
+        (status = 503, description = "A dependency does not answer; `checks` says which.", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
     let directory = state.directory.ready().await;
-    // The reasons go to the log; the port is public, so the body only says which check failed.
     let check = |name: &str, result: &Result<(), String>| match result {
-        Ok(()) => json!("ok"),
+        Ok(()) => CheckStatus::Ok,
         Err(reason) => {
             tracing::warn!(check = name, reason, "not ready");
-            json!("unavailable")
+            CheckStatus::Unavailable
         }
     };
-    let body = json!({
-        "status": if store.is_ok() && directory.is_ok() { "ready" } else { "not_ready" },
-        "checks": { "store": check("store", &store), "directory": check("directory", &directory) },
-    });
-    let status = if store.is_ok() && directory.is_ok() {
+    let ready = store.is_ok() && directory.is_ok();
+    let body = Readiness {
+        status: if ready {
+            ReadinessStatus::Ready
+        } else {
+            ReadinessStatus::NotReady
+        },
+        checks: ReadinessChecks {
+            store: check("store", &store),
+            directory: check("directory", &directory),
+        },
+    };
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, &body)
+    (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "application/openmetrics-text", body = String),
+        (status = 500, response = super::openapi::Internal),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.render() {
         Ok(text) => (

@@ -8,10 +8,7 @@ use axum::http::header::{
     X_FRAME_OPTIONS,
 };
 use axum::response::IntoResponse;
-use axum::routing::get;
 use tower_http::set_header::SetResponseHeaderLayer;
-
-use super::AppState;
 
 const INDEX_HTML: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
@@ -30,20 +27,22 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
+/// The web UI.
+#[utoipa::path(get, path = "/", tag = "ui", responses((status = 200, description = "The UI's page.", content_type = "text/html", body = String)))]
+pub async fn index() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// The UI's script.
+#[utoipa::path(get, path = "/app.js", tag = "ui", responses((status = 200, description = "The UI's script.", content_type = "text/javascript", body = String)))]
+pub async fn app_js() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// The UI's style sheet.
+#[utoipa::path(get, path = "/app.css", tag = "ui", responses((status = 200, description = "The UI's style sheet.", content_type = "text/css", body = String)))]
+pub async fn app_css() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", APP_CSS)
 }
 
 /// Adds the security headers to every response of `router`.
