@@ -162,6 +162,33 @@ mod tests {
         ConnectInfo("10.0.0.9:4000".parse().unwrap())
     }
 
+    async fn extract(body: &'static str) -> Result<serde_json::Value, ApiError> {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            email: String,
+        }
+        let request = Request::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        ApiJson::<Body>::from_request(request, &())
+            .await
+            .map(|ApiJson(body)| serde_json::json!({ "email": body.email }))
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_a_json_object_not_an_array_of_its_fields() {
+        assert!(extract(r#"{"email":"a@b.co"}"#).await.is_ok());
+        // serde reads a struct from a sequence of its fields in order; the API does not.
+        let error = extract(r#"["a@b.co"]"#).await.unwrap_err();
+        assert!(matches!(error, ApiError::MalformedJson(_)), "{error:?}");
+        // Duplicate fields are still refused, as serde refuses them in an object.
+        let error = extract(r#"{"email":"a@b.co","email":"c@d.co"}"#)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ApiError::MalformedJson(_)), "{error:?}");
+    }
+
     #[test]
     fn without_trusted_proxies_the_socket_address_is_used() {
         let mut headers = HeaderMap::new();
