@@ -340,10 +340,14 @@ def count_cases(report_dir: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modes", nargs="*", choices=["embedded", "distributed"], default=[])
+    # No `choices` here: Python 3.11's argparse checks an empty `nargs="*"` default against them and refuses it.
+    parser.add_argument("modes", nargs="*", metavar="{embedded,distributed}", help="default: both")
     parser.add_argument("--examples", type=int, default=int(os.environ.get("SCHEMATHESIS_EXAMPLES", "120")))
     args = parser.parse_args()
     modes = args.modes or ["embedded", "distributed"]
+    for mode in modes:
+        if mode not in ("embedded", "distributed"):
+            parser.error(f"unknown mode {mode!r}: choose embedded or distributed")
     if shutil.which("st") is None:
         sys.exit("schemathesis is missing: python3 -m pip install -r tests/requirements.txt")
     failed = []
