@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::crypto::{HashError, Keys, PasswordHasher};
+use crate::crypto::{HashBudget, HashError, Keys, PasswordHasher};
 use crate::directory::{Directory, InProcessTransport, KafkaTransport, RpcTiming};
-use crate::http::{AppState, Policy, Shared};
+use crate::http::{AppState, Policy, ReadinessCache, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::{InProcessOutbox, KafkaOutbox, MailOutbox};
 use crate::store::{EphemeralStore, MemoryStore, RedisStore, StoreError};
@@ -57,6 +57,8 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 pub struct App {
     listener: TcpListener,
     router: Router,
+    metrics_listener: TcpListener,
+    metrics_router: Router,
     background: CancellationToken,
     snapshot: Option<Snapshot>,
 }
@@ -83,41 +85,59 @@ impl App {
             Some(brokers) => distributed(&config, brokers, background.clone()).await?,
             None => embedded(&config).await?,
         };
-        let address = config.listen();
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| StartError::Bind { address, source })?;
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })
+        };
+        let listener = bind(config.listen()).await?;
+        let metrics_listener = bind(config.metrics_listen()).await?;
         let state = AppState::new(Shared {
             store: backends.store,
             directory: backends.directory,
             outbox: backends.outbox,
             keys: Keys::new(&backends.secret),
-            hasher: PasswordHasher::new(config.bcrypt_cost).await?,
+            hasher: PasswordHasher::new(
+                config.bcrypt_cost,
+                HashBudget::new(config.hash_concurrency, config.hash_queue_length),
+            )
+            .await?,
             policy: Policy {
                 session_ttl: Duration::from_secs(config.session_ttl_secs),
                 otp_ttl: Duration::from_secs(config.otp_ttl_secs),
                 otp_max_attempts: config.otp_max_attempts,
                 resend_cooldown: Duration::from_secs(config.signup_resend_cooldown_secs),
                 signin_max_failures: config.signin_max_failures,
+                signin_max_failures_per_address: config.signin_max_failures_per_address,
                 signin_failure_window: Duration::from_secs(config.signin_failure_window_secs),
                 verify_max_failures: config.verify_max_failures,
+                verify_max_failures_per_address: config.verify_max_failures_per_address,
                 verify_failure_window: Duration::from_secs(config.verify_failure_window_secs),
                 rate_limit_per_minute: config.rate_limit_per_minute,
-                trusted_proxy_hops: config.trusted_proxy_hops,
+                signin_rate_limit_per_minute: config.signin_rate_limit_per_minute,
+                verify_rate_limit_per_minute: config.verify_rate_limit_per_minute,
+                trusted_proxies: config.trusted_proxy_cidrs.clone(),
                 cookie_secure: config.cookie_secure(),
             },
             metrics: Metrics::new(),
+            readiness: ReadinessCache::default(),
         });
         let app = Self {
             listener,
-            router: crate::http::router(state),
+            router: crate::http::router(state.clone()),
+            metrics_listener,
+            metrics_router: crate::http::metrics_router(state),
             background,
             snapshot: backends.snapshot,
         };
         if config.is_embedded() {
             print_embedded_banner(&config, app.local_addr());
         } else {
-            tracing::info!(address = %app.local_addr(), "broker-auth-api listening");
+            tracing::info!(
+                address = %app.local_addr(),
+                metrics = %app.metrics_addr(),
+                "broker-auth-api listening"
+            );
         }
         Ok(app)
     }
@@ -129,6 +149,13 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The bound address of the operational port (`/metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests and stops the
     /// background tasks (the Kafka reply reader).
     pub async fn run_until_stopped(
@@ -136,6 +163,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let _stop_background = self.background.clone().drop_guard();
+        // The operational port lives as long as the public one and stops with it.
+        let metrics = axum::serve(self.metrics_listener, self.metrics_router)
+            .with_graceful_shutdown(self.background.clone().cancelled_owned());
+        let metrics = tokio::spawn(async move {
+            if let Err(error) = metrics.await {
+                tracing::error!(%error, "the metrics server failed");
+            }
+        });
         let served = axum::serve(
             self.listener,
             self.router
@@ -144,6 +179,10 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StartError::Serve);
+        self.background.cancel();
+        if let Err(error) = metrics.await {
+            tracing::warn!(%error, "the metrics server task failed");
+        }
         if let Some(snapshot) = &self.snapshot {
             match snapshot.store.save(&snapshot.path) {
                 Ok(()) => tracing::info!(path = %snapshot.path.display(), "sessions saved"),

@@ -1,10 +1,11 @@
 //! Settings of the API binary. Only this module reads the environment (through clap's `env`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 /// broker-auth HTTP API: signup with an emailed one-time code, verify, signin, me, logout.
@@ -14,10 +15,15 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "broker-auth-api", version, about, long_about = None)]
 pub struct Config {
-    /// Address the HTTP server binds (API, web UI, /healthz, /readyz, /metrics).
+    /// Address the public HTTP server binds (API, web UI, /healthz, /readyz).
     /// Default 0.0.0.0:8080; 127.0.0.1:8080 in embedded mode, which is for one machine.
     #[arg(long, env = "API_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// Address of the operational HTTP server: /metrics (and /healthz, /readyz), kept off the
+    /// public port. Default 0.0.0.0:9090; 127.0.0.1:9090 in embedded mode.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Kafka bootstrap servers (host:port,...). Unset: embedded mode.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -48,7 +54,7 @@ pub struct Config {
     pub kafka_metadata_refresh_ms: u64,
 
     /// Redis for codes, sessions and rate limits (redis:// or rediss://). Required with Kafka.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key, so several deployments can share one Redis.
@@ -56,11 +62,16 @@ pub struct Config {
     pub redis_key_prefix: String,
 
     /// Embedded mode only: the SQLite database (a path or sqlite: URL; `sqlite::memory:` keeps nothing).
-    #[arg(long, env = "DATABASE_URL", default_value = "broker-auth.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "broker-auth.db"
+    )]
     pub database_url: SecretString,
 
     /// Embedded mode only: send mail over SMTP (lettre URL) instead of printing it to the log.
-    #[arg(long, env = "SMTP_URL")]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<SecretString>,
 
     /// Embedded mode only: sender of mail sent over SMTP_URL.
@@ -73,7 +84,7 @@ pub struct Config {
 
     /// HMAC key for session tokens and code hashes, at least 32 bytes. Required with Kafka;
     /// in embedded mode one is generated and kept beside the database.
-    #[arg(long, env = "JWT_SECRET")]
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
 
     /// Mark the session cookie Secure (HTTPS only). Default true; false by default in embedded mode.
@@ -100,20 +111,32 @@ pub struct Config {
     #[arg(long, env = "SIGNUP_RESEND_COOLDOWN_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub signup_resend_cooldown_secs: u64,
 
-    /// Failed signins allowed per address within SIGNIN_FAILURE_WINDOW_SECS.
+    /// Failed signins allowed per address from one client IP (IPv6: one /64) within
+    /// SIGNIN_FAILURE_WINDOW_SECS. Low, so one source cannot guess much.
     #[arg(long, env = "SIGNIN_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub signin_max_failures: u64,
 
-    /// Window of the failed-signin limit, in seconds.
+    /// Failed signins allowed per address from all client IPs together within
+    /// SIGNIN_FAILURE_WINDOW_SECS. High (NIST SP 800-63B allows up to 100), so one source cannot
+    /// lock the owner out.
+    #[arg(long, env = "SIGNIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub signin_max_failures_per_address: u64,
+
+    /// Window of the failed-signin limits, in seconds.
     #[arg(long, env = "SIGNIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub signin_failure_window_secs: u64,
 
-    /// Wrong codes allowed per address within VERIFY_FAILURE_WINDOW_SECS, across all its codes,
-    /// so requesting new codes does not buy unlimited guesses.
+    /// Wrong codes allowed per address from one client IP within VERIFY_FAILURE_WINDOW_SECS,
+    /// across all its codes, so requesting new codes does not buy unlimited guesses.
     #[arg(long, env = "VERIFY_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub verify_max_failures: u64,
 
-    /// Window of the wrong-code limit, in seconds.
+    /// Wrong codes allowed per address from all client IPs together within
+    /// VERIFY_FAILURE_WINDOW_SECS.
+    #[arg(long, env = "VERIFY_MAX_FAILURES_PER_ADDRESS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub verify_max_failures_per_address: u64,
+
+    /// Window of the wrong-code limits, in seconds.
     #[arg(long, env = "VERIFY_FAILURE_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub verify_failure_window_secs: u64,
 
@@ -121,10 +144,46 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub rate_limit_per_minute: u64,
 
-    /// Number of reverse proxies in front of the API whose X-Forwarded-For entries are trusted.
-    /// 0: the client IP is the socket's.
-    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=10))]
-    pub trusted_proxy_hops: u8,
+    /// Signins per minute allowed per client IP (IPv6: per /64), smoothed (bursts of a quarter
+    /// of it). Each costs a bcrypt, so this is far below RATE_LIMIT_PER_MINUTE.
+    #[arg(long, env = "SIGNIN_RATE_LIMIT_PER_MINUTE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub signin_rate_limit_per_minute: u32,
+
+    /// Verifies per minute allowed per client IP (IPv6: per /64), smoothed like signins.
+    #[arg(long, env = "VERIFY_RATE_LIMIT_PER_MINUTE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub verify_rate_limit_per_minute: u32,
+
+    /// Passwords hashed at once, at most. 0: one per CPU the process may use. Bounds the share
+    /// of the pod's CPU that bcrypt can take.
+    #[arg(long, env = "HASH_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub hash_concurrency: u32,
+
+    /// Requests allowed to wait for a hashing slot; past that the API answers 503 with
+    /// Retry-After at once instead of queueing. 0: four times HASH_CONCURRENCY.
+    #[arg(long, env = "HASH_QUEUE_LENGTH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub hash_queue_length: u32,
+
+    /// Addresses of the reverse proxies in front of the API, as comma-separated CIDRs or single
+    /// addresses (e.g. `10.0.0.0/8,fd00::/8`). X-Forwarded-For is read only when the socket peer
+    /// is inside these ranges, and only up to the first entry outside them. Empty: the client
+    /// IP is always the socket's.
+    #[arg(long, env = "TRUSTED_PROXY_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxy_cidrs: Vec<IpNet>,
+
+    /// Replaced by TRUSTED_PROXY_CIDRS: a hop count trusts X-Forwarded-For from any peer.
+    /// Refused at start when set, so an upgrade cannot silently change the client IP.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", hide = true)]
+    pub trusted_proxy_hops: Option<String>,
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.7`, taken as /32 or /128).
+fn parse_cidr(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{value:?} is not a CIDR (10.0.0.0/8) or an IP address"))
 }
 
 /// A setting that is present but unusable.
@@ -146,6 +205,10 @@ pub enum ConfigError {
     EmbeddedWithRedis,
     #[error("KAFKA_TOPIC_PREFIX: {0}")]
     TopicPrefix(#[from] broker_auth_contract::ContractError),
+    #[error(
+        "TRUSTED_PROXY_HOPS is no longer read: list your proxies' addresses in TRUSTED_PROXY_CIDRS instead (X-Forwarded-For is then read only from them)"
+    )]
+    ProxyHopsReplaced,
     #[error("could not read or create the embedded-mode JWT secret at {path}: {source}")]
     SecretFile {
         path: PathBuf,
@@ -171,6 +234,16 @@ impl Config {
         })
     }
 
+    pub fn metrics_listen(&self) -> SocketAddr {
+        self.metrics_listen.unwrap_or_else(|| {
+            if self.is_embedded() {
+                SocketAddr::from(([127, 0, 0, 1], 9090))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 9090))
+            }
+        })
+    }
+
     pub fn cookie_secure(&self) -> bool {
         self.cookie_secure.unwrap_or(!self.is_embedded())
     }
@@ -182,6 +255,9 @@ impl Config {
     /// Checks what clap cannot: cross-setting requirements and secret lengths.
     pub fn validate(&self) -> Result<(), ConfigError> {
         broker_auth_contract::Topics::new(self.kafka_topic_prefix.clone())?;
+        if self.trusted_proxy_hops.is_some() {
+            return Err(ConfigError::ProxyHopsReplaced);
+        }
         if let Some(secret) = &self.jwt_secret {
             let len = secret.expose_secret().len();
             if len < MIN_JWT_SECRET_BYTES {
@@ -277,6 +353,39 @@ mod tests {
     #[test]
     fn bcrypt_cost_out_of_range_is_a_parse_error() {
         assert!(Config::try_parse_from(["broker-auth-api", "--bcrypt-cost", "3"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_single_addresses() {
+        let config = Config::try_parse_from([
+            "broker-auth-api",
+            "--trusted-proxy-cidrs",
+            "10.0.0.0/8, 192.168.1.7,fd00::/8",
+        ])
+        .unwrap();
+        let nets: Vec<String> = config
+            .trusted_proxy_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        assert!(
+            Config::try_parse_from(["broker-auth-api", "--trusted-proxy-cidrs", "10.0.0.0/33"])
+                .is_err()
+        );
+        assert!(
+            Config::parse_from(["broker-auth-api"])
+                .trusted_proxy_cidrs
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_old_hop_count_is_refused_with_a_pointer_to_its_replacement() {
+        let config = Config::parse_from(["broker-auth-api", "--trusted-proxy-hops", "1"]);
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, ConfigError::ProxyHopsReplaced));
+        assert!(error.to_string().contains("TRUSTED_PROXY_CIDRS"));
     }
 
     #[test]

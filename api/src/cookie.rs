@@ -25,9 +25,12 @@ pub fn session_cookie(token: &str, max_age: Duration, secure: bool) -> HeaderVal
     build(token, max_age.as_secs(), secure)
 }
 
-/// `Set-Cookie` that removes the session cookie.
-pub fn clearing_cookie(secure: bool) -> HeaderValue {
-    build("", 0, secure)
+/// `Set-Cookie` headers that remove the session cookie under both names, whichever mode set it
+/// (a deployment may have switched modes) and whatever a sibling host planted under the
+/// unprefixed name. The `__Host-` one must carry `Secure` to be accepted at all; the unprefixed
+/// one must not, or a browser on plain http would ignore it.
+pub fn clearing_cookies() -> [HeaderValue; 2] {
+    [build("", 0, true), build("", 0, false)]
 }
 
 fn build(value: &str, max_age: u64, secure: bool) -> HeaderValue {
@@ -40,16 +43,19 @@ fn build(value: &str, max_age: u64, secure: bool) -> HeaderValue {
 }
 
 /// The session token from the cookie, or else from `Authorization: Bearer`.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+///
+/// Only the cookie name of the configured mode is read. In Secure mode that is the `__Host-`
+/// name alone: an unprefixed `ba_session` can be planted by a sibling subdomain or a plain-http
+/// page (cookie tossing), and reading it would sign the victim into the attacker's account.
+pub fn session_token(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    let name = cookie_name(secure);
     let from_cookie = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| {
-            (*name == SECURE_SESSION_COOKIE || *name == SESSION_COOKIE) && !value.is_empty()
-        })
+        .find(|(candidate, value)| *candidate == name && !value.is_empty())
         .map(|(_, value)| value);
     from_cookie.or_else(|| {
         let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -91,9 +97,12 @@ mod tests {
     }
 
     #[test]
-    fn the_clearing_cookie_expires_at_once() {
-        let cookie = clearing_cookie(true);
-        assert!(cookie.to_str().unwrap().contains("Max-Age=0"));
+    fn the_clearing_cookies_expire_both_names_at_once() {
+        let [secure, plain] = clearing_cookies().map(|c| c.to_str().unwrap().to_owned());
+        assert!(secure.starts_with("__Host-ba_session=;"), "{secure}");
+        assert!(secure.contains("Max-Age=0") && secure.contains("Secure"));
+        assert!(plain.starts_with("ba_session=;"), "{plain}");
+        assert!(plain.contains("Max-Age=0") && !plain.contains("Secure"));
     }
 
     #[test]
@@ -103,19 +112,36 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("theme=dark; ba_session=tok1"),
         );
-        assert_eq!(session_token(&headers), Some("tok1"));
+        assert_eq!(session_token(&headers, false), Some("tok1"));
 
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer tok2"));
-        assert_eq!(session_token(&headers), Some("tok2"));
+        assert_eq!(session_token(&headers, true), Some("tok2"));
 
         let mut headers = HeaderMap::new();
         headers.insert(COOKIE, HeaderValue::from_static("__Host-ba_session=tok3"));
-        assert_eq!(session_token(&headers), Some("tok3"));
+        assert_eq!(session_token(&headers, true), Some("tok3"));
 
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcg=="));
         headers.insert(COOKIE, HeaderValue::from_static("ba_session="));
-        assert_eq!(session_token(&headers), None);
+        assert_eq!(session_token(&headers, false), None);
+    }
+
+    #[test]
+    fn in_secure_mode_a_tossed_unprefixed_cookie_is_ignored_wherever_it_stands() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("ba_session=attacker; __Host-ba_session=victim"),
+        );
+        assert_eq!(session_token(&headers, true), Some("victim"));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, HeaderValue::from_static("ba_session=attacker"));
+        assert_eq!(session_token(&headers, true), None);
+        // A tossed cookie does not hide the Bearer header either.
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer mine"));
+        assert_eq!(session_token(&headers, true), Some("mine"));
     }
 }

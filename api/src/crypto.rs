@@ -1,6 +1,7 @@
 //! Codes, password hashes and session tokens.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -10,8 +11,10 @@ use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use crate::domain::{EmailAddress, OtpCode};
@@ -128,13 +131,20 @@ pub fn otp_hashes_match(stored: &str, candidate: &str) -> bool {
     stored.as_bytes().ct_eq(candidate.as_bytes()).into()
 }
 
-/// bcrypt hashing off the async runtime, with a cap on concurrent hashes so a burst of signins
-/// queues instead of starving the blocking pool.
+/// bcrypt hashing off the async runtime under an admission limit that bounds its CPU share:
+/// at most `concurrency` hashes run at once and at most `queue` requests wait for a slot; past
+/// that the request is refused at once ([`HashError::Busy`], a 503 with Retry-After) instead of
+/// piling up behind a flood. Each client (IP, or IPv6 /64) holds at most one place, running or
+/// waiting ([`HashError::ClientBusy`], a 429), so a few flooding addresses cannot take every
+/// place from everybody else.
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
     dummy_hash: Arc<str>,
-    permits: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    queue: usize,
+    clients: Arc<Mutex<HashSet<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,57 +157,176 @@ pub enum HashError {
     Closed,
     #[error("too many passwords waiting to be hashed")]
     Busy,
+    #[error("this client already has a password being hashed")]
+    ClientBusy,
 }
 
-/// How long a request waits for a hashing slot before the API answers 503: a burst queues
-/// briefly, a flood is turned away instead of piling up.
+/// The longest a request that got a place in the queue waits for a slot. The queue is short,
+/// so this is a backstop, not the usual path to a 503.
 const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// How many hashes may run at once and how many requests may wait for one.
+#[derive(Debug, Clone, Copy)]
+pub struct HashBudget {
+    pub concurrency: usize,
+    pub queue: usize,
+}
+
+impl HashBudget {
+    /// `0` means "the default": one slot per CPU this process may use, a queue four times that
+    /// (with one place per client, that many flooding addresses still leave room).
+    pub fn new(concurrency: u32, queue: u32) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let concurrency = match usize::try_from(concurrency) {
+            Ok(0) | Err(_) => cpus,
+            Ok(n) => n,
+        };
+        let queue = match usize::try_from(queue) {
+            Ok(0) | Err(_) => concurrency * 4,
+            Ok(n) => n,
+        };
+        Self { concurrency, queue }
+    }
+}
 
 fn prehash(password: &str) -> String {
     base64::engine::general_purpose::STANDARD
         .encode(hmac(PASSWORD_PREHASH_KEY, &[password.as_bytes()]))
 }
 
+/// A client's one place in the hashing budget, released when dropped.
+struct ClientPlace {
+    clients: Arc<Mutex<HashSet<String>>>,
+    client: String,
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.client);
+    }
+}
+
+/// A running hash's hold on the budget: its slot and its client's place, both released only
+/// when the hashing work itself ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _place: ClientPlace,
+}
+
+/// Counts a request as waiting for as long as it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl PasswordHasher {
     /// Computes the dummy hash used for unknown users once, at the configured cost, so signin
     /// for an unknown address costs the same as for a known one.
-    pub async fn new(cost: u32) -> Result<Self, HashError> {
+    pub async fn new(cost: u32, budget: HashBudget) -> Result<Self, HashError> {
         let random: [u8; 16] = rand::rng().random();
         let dummy =
             tokio::task::spawn_blocking(move || bcrypt::hash(prehash(&hex::encode(random)), cost))
                 .await??;
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             cost,
             dummy_hash: dummy.into(),
-            permits: Arc::new(Semaphore::new(workers * 2)),
+            slots: Arc::new(Semaphore::new(budget.concurrency.max(1))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue: budget.queue,
+            clients: Arc::default(),
         })
     }
 
-    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HashError> {
-        tokio::time::timeout(HASH_QUEUE_WAIT, self.permits.acquire())
-            .await
-            .map_err(|_| HashError::Busy)?
-            .map_err(|_| HashError::Closed)
+    /// Hashing slots free right now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
     }
 
-    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let _permit = self.permit().await?;
+    /// A slot, at once if one is free, else after a short wait in a bounded queue. The permit is
+    /// owned so the hashing task itself can hold it: a cancelled request (the client went away)
+    /// does not free the slot while its bcrypt still runs.
+    async fn slot(&self, client: &str) -> Result<Slot, HashError> {
+        let place = {
+            let mut clients = self
+                .clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !clients.insert(client.to_owned()) {
+                return Err(HashError::ClientBusy);
+            }
+            ClientPlace {
+                clients: self.clients.clone(),
+                client: client.to_owned(),
+            }
+        };
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                return Ok(Slot {
+                    _permit: permit,
+                    _place: place,
+                });
+            }
+            Err(TryAcquireError::Closed) => return Err(HashError::Closed),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Busy);
+        }
+        let _waiting = Waiting(self.waiting.clone());
+        let permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| HashError::Busy)?
+            .map_err(|_| HashError::Closed)?;
+        Ok(Slot {
+            _permit: permit,
+            _place: place,
+        })
+    }
+
+    /// Runs `work` on the blocking pool holding `slot` until the work itself ends.
+    async fn run<T: Send + 'static>(
+        slot: Slot,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        Ok(tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            result
+        })
+        .await?)
+    }
+
+    /// Hashes `password` for `client` (its rate-limit bucket).
+    pub async fn hash(&self, password: &str, client: &str) -> Result<String, HashError> {
+        let slot = self.slot(client).await?;
         let prehashed = prehash(password);
         let cost = self.cost;
-        Ok(tokio::task::spawn_blocking(move || bcrypt::hash(prehashed, cost)).await??)
+        Ok(Self::run(slot, move || bcrypt::hash(prehashed, cost)).await??)
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no user, doing
     /// the same work either way. A malformed stored hash counts as a mismatch.
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, HashError> {
-        let _permit = self.permit().await?;
+    pub async fn verify(
+        &self,
+        password: &str,
+        hash: Option<&str>,
+        client: &str,
+    ) -> Result<bool, HashError> {
+        let slot = self.slot(client).await?;
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.dummy_hash.to_string(), str::to_owned);
         let prehashed = prehash(password);
-        let matches =
-            tokio::task::spawn_blocking(move || bcrypt::verify(prehashed, &hash).unwrap_or(false))
-                .await?;
+        let matches = Self::run(slot, move || {
+            bcrypt::verify(prehashed, &hash).unwrap_or(false)
+        })
+        .await?;
         Ok(known && matches)
     }
 }
@@ -299,19 +428,19 @@ mod tests {
 
     #[tokio::test]
     async fn long_passwords_are_not_truncated() {
-        let hasher = PasswordHasher::new(4).await.unwrap();
+        let hasher = PasswordHasher::new(4, HashBudget::new(0, 0)).await.unwrap();
         let base = "x".repeat(80);
-        let hash = hasher.hash(&format!("{base}A")).await.unwrap();
+        let hash = hasher.hash(&format!("{base}A"), "c").await.unwrap();
         assert!(
             hasher
-                .verify(&format!("{base}A"), Some(&hash))
+                .verify(&format!("{base}A"), Some(&hash), "c")
                 .await
                 .unwrap()
         );
         // Differs only after byte 72: plain bcrypt would accept it.
         assert!(
             !hasher
-                .verify(&format!("{base}B"), Some(&hash))
+                .verify(&format!("{base}B"), Some(&hash), "c")
                 .await
                 .unwrap()
         );
@@ -319,8 +448,121 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_users_never_verify() {
-        let hasher = PasswordHasher::new(4).await.unwrap();
-        assert!(!hasher.verify("anything", None).await.unwrap());
-        assert!(!hasher.verify("anything", Some("not-a-hash")).await.unwrap());
+        let hasher = PasswordHasher::new(4, HashBudget::new(0, 0)).await.unwrap();
+        assert!(!hasher.verify("anything", None, "c").await.unwrap());
+        assert!(
+            !hasher
+                .verify("anything", Some("not-a-hash"), "c")
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_request_keeps_its_slot_until_bcrypt_really_ends() {
+        // Cost 14 takes about a second here: far longer than the checks below.
+        let hasher = PasswordHasher::new(
+            14,
+            HashBudget {
+                concurrency: 1,
+                queue: 0,
+            },
+        )
+        .await
+        .unwrap();
+        let running = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.verify("password", None, "gone").await })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while hasher.free_slots() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hash never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The client goes away: its request future is dropped mid-hash.
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        // bcrypt still runs, so the slot is still taken and a new request is refused at once.
+        assert_eq!(hasher.free_slots(), 0);
+        assert!(matches!(
+            hasher.verify("password", None, "other").await,
+            Err(HashError::Busy)
+        ));
+        // Once the work ends, the slot comes back.
+        while hasher.free_slots() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!hasher.verify("password", None, "other").await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_queue_requests_are_refused_at_once() {
+        let hasher = PasswordHasher::new(
+            13,
+            HashBudget {
+                concurrency: 1,
+                queue: 1,
+            },
+        )
+        .await
+        .unwrap();
+        let attempts = (0..6).map(|i| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move {
+                hasher
+                    .verify("password", None, &format!("client {i}"))
+                    .await
+            })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(HashError::Busy))))
+            .count();
+        let done = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Ok(false))))
+            .count();
+        // One runs, one waits; the other four are turned away without waiting.
+        assert_eq!((done, busy), (2, 4), "{results:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_client_holds_at_most_one_place_so_others_still_get_in() {
+        let hasher = PasswordHasher::new(
+            8,
+            HashBudget {
+                concurrency: 1,
+                queue: 4,
+            },
+        )
+        .await
+        .unwrap();
+        let flood = (0..6).map(|_| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.verify("password", None, "flooder").await })
+        });
+        let others = (0..3).map(|i| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.verify("password", None, &format!("user {i}")).await })
+        });
+        let flood = futures::future::join_all(flood).await;
+        let others = futures::future::join_all(others).await;
+        let flood_refused = flood
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(HashError::ClientBusy))))
+            .count();
+        assert!(flood_refused >= 1, "{flood:?}");
+        assert!(
+            others.iter().all(|r| matches!(r, Ok(Ok(false)))),
+            "the flooder took the others' places: {others:?}"
+        );
     }
 }

@@ -108,6 +108,11 @@ impl DisplayName {
         broker_auth_user_store::validation::check_name(name).map_err(|rejection| {
             if name.chars().any(char::is_control) {
                 "must not contain control characters"
+            } else if name
+                .chars()
+                .any(broker_auth_user_store::validation::is_refused_in_name)
+            {
+                "must not contain invisible formatting characters (such as direction overrides or zero-width spaces) or unassigned code points"
             } else {
                 debug_assert_eq!(rejection.code, "invalid_name");
                 "must be at most 200 characters"
@@ -208,6 +213,12 @@ mod tests {
     #[test]
     fn names_reject_control_characters() {
         assert!(DisplayName::parse("Ada\u{0}").is_err());
+        assert!(
+            DisplayName::parse("Ada\u{202E}ecalevoL")
+                .unwrap_err()
+                .contains("direction overrides")
+        );
+        assert!(DisplayName::parse("Ad\u{200B}a").is_err());
         assert_eq!(
             DisplayName::parse("  Ada Lovelace ").unwrap().into_inner(),
             "Ada Lovelace"

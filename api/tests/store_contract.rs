@@ -50,6 +50,9 @@ for_both_stores!(
     a_consumed_code_is_restored_only_where_no_newer_one_exists,
     a_cooldown_blocks_until_it_ends,
     window_counters_count_and_reset,
+    a_throttle_allows_its_burst_then_refuses_with_the_wait,
+    a_throttle_lets_the_next_request_through_once_the_interval_passed,
+    concurrent_requests_cannot_overrun_a_throttle,
     sessions_live_until_deleted_or_expired,
 );
 
@@ -209,6 +212,56 @@ async fn window_counters_count_and_reset(store: Arc<dyn EphemeralStore>) {
     assert_eq!(store.count(&key).await.unwrap().0, 3);
     store.reset(&key).await.unwrap();
     assert_eq!(store.count(&key).await.unwrap().0, 0);
+}
+
+async fn a_throttle_allows_its_burst_then_refuses_with_the_wait(store: Arc<dyn EphemeralStore>) {
+    let key = Uuid::new_v4().to_string();
+    let interval = Duration::from_secs(3);
+    for _ in 0..5 {
+        assert_eq!(store.throttle(&key, interval, 5).await.unwrap(), None);
+    }
+    let wait = store.throttle(&key, interval, 5).await.unwrap();
+    let wait = wait.expect("the sixth request in a row is refused");
+    assert!(wait > Duration::ZERO && wait <= interval, "{wait:?}");
+    // A refusal is not counted: waiting it out is enough.
+    let again = store.throttle(&key, interval, 5).await.unwrap().unwrap();
+    assert!(again <= wait, "{again:?} > {wait:?}");
+    // Other keys are untouched.
+    let other = Uuid::new_v4().to_string();
+    assert_eq!(store.throttle(&other, interval, 5).await.unwrap(), None);
+}
+
+async fn a_throttle_lets_the_next_request_through_once_the_interval_passed(
+    store: Arc<dyn EphemeralStore>,
+) {
+    let key = Uuid::new_v4().to_string();
+    let interval = Duration::from_millis(100);
+    assert_eq!(store.throttle(&key, interval, 1).await.unwrap(), None);
+    assert!(store.throttle(&key, interval, 1).await.unwrap().is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Some(wait) = store.throttle(&key, interval, 1).await.unwrap() {
+        assert!(wait <= interval, "{wait:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the throttle never opened"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn concurrent_requests_cannot_overrun_a_throttle(store: Arc<dyn EphemeralStore>) {
+    let key = Uuid::new_v4().to_string();
+    let attempts = (0..40).map(|_| {
+        let store = store.clone();
+        let key = key.clone();
+        tokio::spawn(async move { store.throttle(&key, Duration::from_secs(60), 7).await })
+    });
+    let allowed = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|result| matches!(result, Ok(Ok(None))))
+        .count();
+    assert_eq!(allowed, 7);
 }
 
 async fn sessions_live_until_deleted_or_expired(store: Arc<dyn EphemeralStore>) {

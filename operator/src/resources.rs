@@ -26,7 +26,9 @@ pub const CONFIG_HASH_ANNOTATION: &str = "auth.cfdbroker.io/config-hash";
 pub const MANAGER: &str = "broker-auth-operator";
 
 pub const API_PORT: i32 = 8080;
-pub const DBPROC_METRICS_PORT: i32 = 9090;
+/// `/metrics` of both tiers (`METRICS_LISTEN`); the API keeps it off its public port.
+pub const METRICS_PORT: i32 = 9090;
+pub const DBPROC_METRICS_PORT: i32 = METRICS_PORT;
 /// Longest BrokerAuth name whose derived names (`{name}-dbproc-metrics`) still fit the
 /// 63-character limit of Service names.
 pub const MAX_NAME_LEN: usize = 63 - "-dbproc-metrics".len();
@@ -263,6 +265,7 @@ fn tier_env(
         Tier::Api => (
             vec![
                 "API_LISTEN",
+                "METRICS_LISTEN",
                 "KAFKA_BROKERS",
                 "KAFKA_TOPIC_PREFIX",
                 "KAFKA_TOPIC_PARTITIONS",
@@ -380,11 +383,15 @@ fn deployment(
             spec.dbproc.resources.as_ref(),
         ),
     };
+    let mut ports = vec![json!({"name": port_name, "containerPort": port, "protocol": "TCP"})];
+    if tier == Tier::Api {
+        ports.push(json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}));
+    }
     let mut container = json!({
         "name": tier.component(),
         "image": image,
         "env": env,
-        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+        "ports": ports,
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": port_name},
             "periodSeconds": 10,
@@ -454,7 +461,13 @@ fn deployment(
                 "template": {
                     "metadata": {
                         "labels": pod_labels,
-                        "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+                        "annotations": {
+                            CONFIG_HASH_ANNOTATION: config_hash,
+                            // Prometheus' conventional pod discovery: scrape the metrics port.
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": METRICS_PORT.to_string(),
+                            "prometheus.io/path": "/metrics",
+                        },
                     },
                     "spec": pod_spec,
                 },

@@ -307,6 +307,12 @@ def test_generated_secrets_are_read_back_from_the_release_with_lookup() -> None:
     assert 'lookup "v1" "Secret"' in (CHART_DIR / "templates" / "external-metrics.yaml").read_text()
 
 
+def test_redis_refuses_writes_when_full_instead_of_evicting_rate_limits(rendered_sets: dict[str, Rendered]) -> None:
+    conf = rendered_sets["defaults"].one("ConfigMap", f"{RELEASE_NAME}-redis")["data"]["redis.conf"]
+    policies = re.findall(r"^maxmemory-policy\s+(\S+)", conf, re.MULTILINE)
+    assert policies == ["noeviction"], conf
+
+
 def test_generated_credentials_are_strong_and_consistent(rendered_sets: dict[str, Rendered]) -> None:
     defaults = rendered_sets["defaults"]
     postgres = defaults.one("Secret", f"{RELEASE_NAME}-postgres")["stringData"]

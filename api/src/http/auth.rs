@@ -3,27 +3,72 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use broker_auth_contract::{MailRequest, MailTemplate, User, UserCreation, UserCreationResult};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Text};
 use super::openapi::{
     CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::cookie::{clearing_cookie, session_cookie, session_token};
+use super::{AppState, ClientBucket};
+use crate::cookie::{clearing_cookies, session_cookie, session_token};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
 use crate::store::{CodeAttempt, CodeRecord, Session};
+
+/// The two failure counters of one kind for an address: one per (address, client IP) with a low
+/// limit, and one per address with a high one. A single source is stopped early, and it cannot
+/// use up the allowance of the owner, who signs in from somewhere else.
+struct FailureLimits {
+    per_client: String,
+    per_address: String,
+}
+
+impl FailureLimits {
+    fn new(kind: &str, email: &EmailAddress, client: &ClientBucket) -> Self {
+        Self {
+            per_client: format!("{kind}-from:{}:{email}", client.0),
+            per_address: format!("{kind}:{email}"),
+        }
+    }
+
+    /// Counts one attempt before it is checked, so parallel attempts cannot overrun a limit.
+    /// An attempt refused by the client's own limit is not added to the address's.
+    async fn count(
+        &self,
+        state: &AppState,
+        window: std::time::Duration,
+        per_client_max: u64,
+        per_address_max: u64,
+    ) -> Result<(), ApiError> {
+        for (key, max) in [
+            (&self.per_client, per_client_max),
+            (&self.per_address, per_address_max),
+        ] {
+            let (attempts, retry_after) = state.store.hit(key, window).await?;
+            if attempts > max {
+                return Err(ApiError::RateLimited { retry_after });
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, state: &AppState) -> Result<(), ApiError> {
+        state.store.reset(&self.per_client).await?;
+        state.store.reset(&self.per_address).await?;
+        Ok(())
+    }
+}
 
 /// Collects per-field messages so one response names every invalid field.
 #[derive(Default)]
@@ -199,6 +244,7 @@ pub struct UserBody {
 #[tracing::instrument(name = "verify", skip_all)]
 pub async fn verify(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientBucket>,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -217,14 +263,15 @@ pub async fn verify(
     )?;
 
     // Counted before comparing and across codes, so fresh codes do not buy fresh guesses.
-    let failures_key = format!("verify-failures:{email}");
-    let (attempts, retry_after) = state
-        .store
-        .hit(&failures_key, state.policy.verify_failure_window)
+    let failures = FailureLimits::new("verify-failures", &email, &client);
+    failures
+        .count(
+            &state,
+            state.policy.verify_failure_window,
+            state.policy.verify_max_failures,
+            state.policy.verify_max_failures_per_address,
+        )
         .await?;
-    if attempts > state.policy.verify_max_failures {
-        return Err(ApiError::RateLimited { retry_after });
-    }
     let attempted_at = Instant::now();
     let (record, remaining) = match state
         .store
@@ -246,10 +293,10 @@ pub async fn verify(
         // A concurrent verify of the same code won.
         return Err(ApiError::InvalidCode);
     }
-    state.store.reset(&failures_key).await?;
+    failures.clear(&state).await?;
 
     let created = async {
-        let password_hash = state.hasher.hash(password.expose()).await?;
+        let password_hash = state.hasher.hash(password.expose(), &client.0).await?;
         let creation = UserCreation {
             email: email.to_string(),
             name: name.into_inner(),
@@ -271,8 +318,14 @@ pub async fn verify(
         Err(error) => {
             // The account may not exist yet: give the code back, for what is left of its life,
             // so the person can retry — unless a newer code was sent meanwhile. The retry
-            // reuses the request id, so a creation that did land late is not repeated.
+            // reuses the request id, so a creation that did land late is not repeated. The
+            // attempt is given back too: the code was right, and a worker tier that does not
+            // answer must not burn it however often the person retries.
             let left = remaining.saturating_sub(attempted_at.elapsed());
+            let record = CodeRecord {
+                attempts: record.attempts.saturating_sub(1),
+                ..record
+            };
             if !left.is_zero()
                 && let Err(e) = state
                     .store
@@ -321,6 +374,7 @@ pub struct SigninRequest {
 #[tracing::instrument(name = "signin", skip_all)]
 pub async fn signin(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientBucket>,
     ApiJson(body): ApiJson<SigninRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -331,27 +385,29 @@ pub async fn signin(
     );
     let (email, password) = errors.finish(email.zip(password))?;
 
-    // Counted before the password is checked, so parallel guesses cannot overrun the limit;
-    // a successful signin clears the count.
-    let failures_key = format!("signin-failures:{email}");
-    let (attempts, retry_after) = state
-        .store
-        .hit(&failures_key, state.policy.signin_failure_window)
+    // Counted before the password is checked, so parallel guesses cannot overrun the limits;
+    // a successful signin clears the counts.
+    let failures = FailureLimits::new("signin-failures", &email, &client);
+    failures
+        .count(
+            &state,
+            state.policy.signin_failure_window,
+            state.policy.signin_max_failures,
+            state.policy.signin_max_failures_per_address,
+        )
         .await?;
-    if attempts > state.policy.signin_max_failures {
-        return Err(ApiError::RateLimited { retry_after });
-    }
     let credentials = state.directory.credentials(email.as_str()).await?;
     let matches = state
         .hasher
         .verify(
             password,
             credentials.as_ref().map(|c| c.password_hash.as_str()),
+            &client.0,
         )
         .await?;
     match credentials {
         Some(credentials) if matches => {
-            state.store.reset(&failures_key).await?;
+            failures.clear(&state).await?;
             start_session(&state, credentials.user, StatusCode::OK).await
         }
         _ => Err(ApiError::InvalidCredentials),
@@ -389,7 +445,8 @@ async fn current_session(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Session>, ApiError> {
-    let Some(claims) = session_token(headers).and_then(|t| state.keys.verify_session_token(t))
+    let Some(claims) = session_token(headers, state.policy.cookie_secure)
+        .and_then(|t| state.keys.verify_session_token(t))
     else {
         return Ok(None);
     };
@@ -443,12 +500,15 @@ pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(claims) = session_token(&headers).and_then(|t| state.keys.verify_session_token(t)) {
+    if let Some(claims) = session_token(&headers, state.policy.cookie_secure)
+        .and_then(|t| state.keys.verify_session_token(t))
+    {
         state.store.delete_session(&claims.jti).await?;
     }
+    let [secure, plain] = clearing_cookies();
     Ok((
         StatusCode::NO_CONTENT,
-        [(SET_COOKIE, clearing_cookie(state.policy.cookie_secure))],
+        AppendHeaders([(SET_COOKIE, secure), (SET_COOKIE, plain)]),
     )
         .into_response())
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -148,6 +148,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // Whatever cookie came with the request did not make a session: drop it, under both
+            // names, so a planted or stale one does not linger.
+            for cookie in crate::cookie::clearing_cookies() {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
+        }
         let retry_after = match &self {
             Self::RateLimited { retry_after } => Some(*retry_after),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
@@ -196,6 +203,10 @@ impl From<crate::crypto::HashError> for ApiError {
     fn from(error: crate::crypto::HashError) -> Self {
         match error {
             crate::crypto::HashError::Busy => Self::Unavailable(error.to_string()),
+            // This client's own previous password is still being hashed: its problem, not ours.
+            crate::crypto::HashError::ClientBusy => Self::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
             other => Self::Internal(other.to_string()),
         }
     }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
+use ipnet::IpNet;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -102,18 +103,20 @@ impl Text {
     }
 }
 
-/// The client's IP: the socket peer, or — behind `trusted_hops` reverse proxies — the entry of
-/// `X-Forwarded-For` that the outermost trusted proxy appended. Entries further left are
-/// client-controlled and never trusted. An entry may carry a port (`1.2.3.4:5678`,
-/// `[2001:db8::1]:443`); an unreadable one falls back to the peer.
+/// The client's IP: the socket peer, unless the peer is one of the `trusted_proxies`. Then
+/// `X-Forwarded-For` is read from the right: entries our own proxies appended are skipped, and
+/// the first address outside the trusted ranges is the client. Entries further left were written
+/// by the client and never count. An entry may carry a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`); at an unreadable one the walk stops at the last proxy it could vouch for.
 pub fn client_ip(
     headers: &HeaderMap,
     connect_info: Option<&ConnectInfo<SocketAddr>>,
-    trusted_hops: u8,
+    trusted_proxies: &[IpNet],
 ) -> Option<IpAddr> {
-    let peer = connect_info.map(|ConnectInfo(addr)| addr.ip());
-    if trusted_hops == 0 {
-        return peer;
+    let peer = connect_info.map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return Some(peer);
     }
     let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
@@ -122,19 +125,22 @@ pub fn client_ip(
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .collect();
-    // The last `trusted_hops` entries were written by our proxies; the one they saw is at
-    // index len - trusted_hops.
-    entries
-        .len()
-        .checked_sub(usize::from(trusted_hops))
-        .and_then(|index| entries.get(index))
-        .and_then(|entry| {
-            entry
-                .parse::<IpAddr>()
-                .ok()
-                .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
-        })
-        .or(peer)
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+            .map(|ip| ip.to_canonical())
+        else {
+            break;
+        };
+        client = ip;
+        if !trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 /// The rate-limit bucket of an address: the address itself for IPv4, its /64 for IPv6 (one
@@ -158,8 +164,22 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn peer() -> ConnectInfo<SocketAddr> {
-        ConnectInfo("10.0.0.9:4000".parse().unwrap())
+    fn from(peer: &str) -> ConnectInfo<SocketAddr> {
+        ConnectInfo(peer.parse().unwrap())
+    }
+
+    fn proxies() -> Vec<IpNet> {
+        vec!["10.0.0.0/24".parse().unwrap(), "fd00::/8".parse().unwrap()]
+    }
+
+    fn forwarded(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static(value));
+        headers
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
     }
 
     async fn extract(body: &'static str) -> Result<serde_json::Value, ApiError> {
@@ -191,49 +211,83 @@ mod tests {
 
     #[test]
     fn without_trusted_proxies_the_socket_address_is_used() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let headers = forwarded("1.2.3.4");
         assert_eq!(
-            client_ip(&headers, Some(&peer()), 0),
-            Some("10.0.0.9".parse().unwrap())
+            client_ip(&headers, Some(&from("10.0.0.9:4000")), &[]),
+            ip("10.0.0.9")
         );
     }
 
     #[test]
-    fn with_one_trusted_proxy_the_last_entry_is_used() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+    fn a_peer_outside_the_trusted_ranges_cannot_forward_an_address() {
+        let headers = forwarded("1.2.3.4");
+        assert_eq!(
+            client_ip(&headers, Some(&from("10.0.1.9:4000")), &proxies()),
+            ip("10.0.1.9")
         );
         assert_eq!(
-            client_ip(&headers, Some(&peer()), 1),
-            Some("1.2.3.4".parse().unwrap())
-        );
-        assert_eq!(
-            client_ip(&headers, Some(&peer()), 2),
-            Some("6.6.6.6".parse().unwrap())
+            client_ip(&headers, Some(&from("[2001:db8::1]:4000")), &proxies()),
+            ip("2001:db8::1")
         );
     }
 
     #[test]
-    fn forwarded_entries_may_carry_ports_and_only_the_trusted_one_is_read() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("garbage, 1.2.3.4:5678"),
+    fn a_trusted_peer_forwards_the_first_address_outside_the_trusted_ranges() {
+        let headers = forwarded("6.6.6.6, 1.2.3.4");
+        assert_eq!(
+            client_ip(&headers, Some(&from("10.0.0.9:4000")), &proxies()),
+            ip("1.2.3.4")
+        );
+        // A chain of our own proxies is walked through; what the client wrote stays ignored.
+        let headers = forwarded("6.6.6.6, 1.2.3.4, 10.0.0.7");
+        assert_eq!(
+            client_ip(&headers, Some(&from("10.0.0.9:4000")), &proxies()),
+            ip("1.2.3.4")
+        );
+        let headers = forwarded("1.2.3.4");
+        assert_eq!(
+            client_ip(&headers, Some(&from("[fd00::5]:4000")), &proxies()),
+            ip("1.2.3.4")
+        );
+        // An IPv4 peer seen through a dual-stack socket is still recognised.
+        assert_eq!(
+            client_ip(&headers, Some(&from("[::ffff:10.0.0.9]:4000")), &proxies()),
+            ip("1.2.3.4")
+        );
+    }
+
+    #[test]
+    fn forwarded_entries_may_carry_ports() {
+        let headers = forwarded("garbage, 1.2.3.4:5678");
+        assert_eq!(
+            client_ip(&headers, Some(&from("10.0.0.9:4000")), &proxies()),
+            ip("1.2.3.4")
+        );
+        let headers = forwarded("[2001:db8::7]:443");
+        assert_eq!(
+            client_ip(&headers, Some(&from("10.0.0.9:4000")), &proxies()),
+            ip("2001:db8::7")
+        );
+    }
+
+    #[test]
+    fn garbage_or_missing_forwarded_headers_fall_back_to_the_last_trusted_hop() {
+        let peer = from("10.0.0.9:4000");
+        assert_eq!(
+            client_ip(&forwarded("not-an-ip"), Some(&peer), &proxies()),
+            ip("10.0.0.9")
         );
         assert_eq!(
-            client_ip(&headers, Some(&peer()), 1),
-            Some("1.2.3.4".parse().unwrap())
-        );
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("[2001:db8::7]:443"),
+            client_ip(
+                &forwarded("6.6.6.6, not-an-ip, 10.0.0.3"),
+                Some(&peer),
+                &proxies()
+            ),
+            ip("10.0.0.3")
         );
         assert_eq!(
-            client_ip(&headers, Some(&peer()), 1),
-            Some("2001:db8::7".parse().unwrap())
+            client_ip(&HeaderMap::new(), Some(&peer), &proxies()),
+            ip("10.0.0.9")
         );
     }
 
@@ -251,21 +305,6 @@ mod tests {
         assert_eq!(
             rate_limit_key(Some("::ffff:10.1.2.3".parse().unwrap())),
             "10.1.2.3"
-        );
-    }
-
-    #[test]
-    fn garbage_or_short_forwarded_headers_fall_back_to_the_peer() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
-        assert_eq!(
-            client_ip(&headers, Some(&peer()), 1),
-            Some("10.0.0.9".parse().unwrap())
-        );
-        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        assert_eq!(
-            client_ip(&headers, Some(&peer()), 3),
-            Some("10.0.0.9".parse().unwrap())
         );
     }
 }

@@ -33,6 +33,7 @@ mod ops;
 mod ui;
 
 pub use error::ApiError;
+pub use ops::ReadinessCache;
 // Public for the fuzz target of the JSON body extractor (`fuzz/`), which decodes into them.
 pub use auth::{SigninRequest, SignupRequest, VerifyRequest};
 
@@ -50,12 +51,20 @@ pub struct Policy {
     pub otp_ttl: Duration,
     pub otp_max_attempts: u32,
     pub resend_cooldown: Duration,
+    /// Failed signins per (address, client IP), then per address from everywhere.
     pub signin_max_failures: u64,
+    pub signin_max_failures_per_address: u64,
     pub signin_failure_window: Duration,
+    /// Wrong codes per (address, client IP), then per address from everywhere.
     pub verify_max_failures: u64,
+    pub verify_max_failures_per_address: u64,
     pub verify_failure_window: Duration,
     pub rate_limit_per_minute: u64,
-    pub trusted_proxy_hops: u8,
+    /// The per-IP limits of the two endpoints that cost a bcrypt.
+    pub signin_rate_limit_per_minute: u32,
+    pub verify_rate_limit_per_minute: u32,
+    /// Peers whose `X-Forwarded-For` is read (see [`extract::client_ip`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub cookie_secure: bool,
 }
 
@@ -71,6 +80,7 @@ pub struct Shared {
     pub hasher: PasswordHasher,
     pub policy: Policy,
     pub metrics: Metrics,
+    pub readiness: ops::ReadinessCache,
 }
 
 impl AppState {
@@ -109,7 +119,6 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
         .routes(routes!(ui::index))
         .routes(routes!(ui::app_js))
         .routes(routes!(ui::app_css))
@@ -183,16 +192,23 @@ async fn refuse_cross_site(request: Request, next: Next) -> Result<Response, Api
     Ok(next.run(request).await)
 }
 
-/// Per client IP and endpoint, a fixed one-minute window.
+/// The rate-limit bucket of the request's client (its IP, or its /64 for IPv6), for handlers
+/// that count per client; set by [`rate_limit`].
+#[derive(Debug, Clone)]
+pub struct ClientBucket(pub String);
+
+/// Per client IP and endpoint, a fixed one-minute window; and for the endpoints that cost a
+/// bcrypt, a much lower smooth limit on top, so a few addresses cannot keep the hashing slots
+/// busy.
 async fn rate_limit(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let ip = extract::rate_limit_key(extract::client_ip(
         request.headers(),
         request.extensions().get::<ConnectInfo<SocketAddr>>(),
-        state.policy.trusted_proxy_hops,
+        &state.policy.trusted_proxies,
     ));
     let route = request
         .extensions()
@@ -208,6 +224,27 @@ async fn rate_limit(
         tracing::info!(route, %ip, "rate limited");
         return Err(ApiError::RateLimited { retry_after });
     }
+    let hashing_limit = if route.ends_with("/signin") {
+        Some(state.policy.signin_rate_limit_per_minute)
+    } else if route.ends_with("/verify") {
+        Some(state.policy.verify_rate_limit_per_minute)
+    } else {
+        None
+    };
+    if let Some(per_minute) = hashing_limit {
+        let per_minute = per_minute.max(1);
+        let interval = Duration::from_secs(60) / per_minute;
+        let burst = per_minute.div_ceil(4);
+        if let Some(retry_after) = state
+            .store
+            .throttle(&format!("{route}:{ip}"), interval, burst)
+            .await?
+        {
+            tracing::info!(route, %ip, "rate limited (hashing endpoint)");
+            return Err(ApiError::RateLimited { retry_after });
+        }
+    }
+    request.extensions_mut().insert(ClientBucket(ip));
     Ok(next.run(request).await)
 }
 
@@ -236,4 +273,9 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         started.elapsed(),
     );
     response
+}
+
+/// The operational port's router: `/metrics`, `/healthz`, `/readyz`.
+pub fn metrics_router(state: AppState) -> Router {
+    ops::router(state)
 }

@@ -228,6 +228,28 @@ impl EphemeralStore for MemoryStore {
         }))
     }
 
+    async fn throttle(&self, id: &str, interval: Duration, burst: u32) -> Result<Option<Duration>> {
+        // The entry's expiry is the theoretical arrival time, exactly as the key's TTL in Redis.
+        let key = key("throttle", id);
+        let interval = Duration::from_millis(
+            u64::try_from(interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        Ok(self.with(|map, now| {
+            let ahead = map.live(&key, now).map_or(Duration::ZERO, |entry| {
+                entry.expires.saturating_duration_since(now)
+            });
+            let next = ahead.saturating_add(interval);
+            let limit = interval.saturating_mul(burst.max(1));
+            if next > limit {
+                return Some(next - limit);
+            }
+            map.insert(key, Value::Flag, next, now);
+            None
+        }))
+    }
+
     async fn count(&self, id: &str) -> Result<(u64, Duration)> {
         let key = key("rate", id);
         Ok(self.with(|map, now| match map.live(&key, now) {

@@ -84,6 +84,13 @@ pub trait EphemeralStore: Send + Sync + 'static {
     /// the count and the time left in the window.
     async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration)>;
 
+    /// A smooth rate limit (GCRA, a token bucket without a timer): one request per `interval`
+    /// on average, at most `burst` at once. Returns `None` when the request may go ahead (and
+    /// counts it), or how long to wait when it may not (and counts nothing). Unlike a fixed
+    /// window it has no edge at which a whole minute's allowance can be spent at once.
+    async fn throttle(&self, key: &str, interval: Duration, burst: u32)
+    -> Result<Option<Duration>>;
+
     /// Reads a fixed-window counter without adding to it.
     async fn count(&self, key: &str) -> Result<(u64, Duration)>;
 

@@ -40,8 +40,20 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {n, redis.call('PTTL', KEYS[1])}
 ";
 
+/// GCRA with the key's remaining lifetime as the "theoretical arrival time" minus now: each
+/// allowed request pushes it `interval` further; past `interval * burst` ahead, refuse.
+const THROTTLE: &str = r"
+local ahead = redis.call('PTTL', KEYS[1])
+if ahead < 0 then ahead = 0 end
+local next = ahead + tonumber(ARGV[1])
+local limit = tonumber(ARGV[1]) * tonumber(ARGV[2])
+if next > limit then return next - limit end
+redis.call('SET', KEYS[1], 1, 'PX', next)
+return 0
+";
+
 /// The Redis-backed store. Keys: `{prefix}otp:{email}`, `{prefix}session:{jti}`,
-/// `{prefix}cooldown:{key}`, `{prefix}rate:{key}`.
+/// `{prefix}cooldown:{key}`, `{prefix}rate:{key}`, `{prefix}throttle:{key}`.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -50,6 +62,7 @@ pub struct RedisStore {
     consume_code: Script,
     restore_code: Script,
     hit: Script,
+    throttle: Script,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -77,6 +90,7 @@ impl RedisStore {
             consume_code: Script::new(CONSUME_CODE),
             restore_code: Script::new(RESTORE_CODE),
             hit: Script::new(HIT),
+            throttle: Script::new(THROTTLE),
         })
     }
 
@@ -200,6 +214,23 @@ impl EphemeralStore for RedisStore {
             .invoke_async(&mut connection)
             .await?;
         Ok((count, from_pttl(pttl)))
+    }
+
+    async fn throttle(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>> {
+        let mut connection = self.connection.clone();
+        let wait: u64 = self
+            .throttle
+            .key(self.key("throttle", key))
+            .arg(millis(interval))
+            .arg(burst.max(1))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait)))
     }
 
     async fn count(&self, key: &str) -> Result<(u64, Duration)> {

@@ -4,7 +4,9 @@
 //! message saying what to start — they never skip.
 
 pub mod counted_kafka;
+pub mod help;
 pub mod postgres;
+pub mod private_redis;
 pub mod services;
 pub mod smtp;
 pub mod tcp_proxy;

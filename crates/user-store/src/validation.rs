@@ -75,8 +75,21 @@ pub fn check_email(email: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether a character has no place in a display name: control characters (Cc), format
+/// characters (Cf: bidi overrides such as U+202E that make a name read backwards, zero-width
+/// characters such as U+200B that make two names look alike) and code points Unicode has not
+/// assigned (no font shows them and a later Unicode version may give them any meaning). The
+/// categories come from the `unicode-general-category` tables, not from a hand-kept list.
+pub fn is_refused_in_name(c: char) -> bool {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    matches!(
+        get_general_category(c),
+        GeneralCategory::Control | GeneralCategory::Format | GeneralCategory::Unassigned
+    )
+}
+
 /// Accepts a display name that is not blank, at most [`MAX_NAME_CHARS`] characters, and free of
-/// control characters.
+/// control, format and unassigned characters ([`is_refused_in_name`]).
 pub fn check_name(name: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() {
         return Err(reject(codes::INVALID_NAME, "the name is blank"));
@@ -87,10 +100,10 @@ pub fn check_name(name: &str) -> Result<(), Rejection> {
             "the name is longer than 200 characters",
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(is_refused_in_name) {
         return Err(reject(
             codes::INVALID_NAME,
-            "the name contains control characters",
+            "the name contains control, invisible formatting or unassigned characters",
         ));
     }
     Ok(())
@@ -182,6 +195,28 @@ mod tests {
         assert_eq!(check_name(&"é".repeat(MAX_NAME_CHARS)), Ok(()));
         for name in ["", "   ", "a\u{7}b", "line\nbreak"] {
             assert_eq!(check_name(name).unwrap_err().code, codes::INVALID_NAME);
+        }
+        // Scripts and emoji are names too.
+        for name in ["Ðorđe Stanković", "李小龍", "Ada 🚀", "Zoë O'Brien-Núñez"] {
+            assert_eq!(check_name(name), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_with_bidi_overrides_zero_width_or_unassigned_characters_are_rejected() {
+        for name in [
+            "Ada\u{202E}ecalevoL",  // RIGHT-TO-LEFT OVERRIDE
+            "Ad\u{200B}a",          // ZERO WIDTH SPACE
+            "Ada\u{2066}x\u{2069}", // LEFT-TO-RIGHT ISOLATE ... POP
+            "\u{FEFF}Ada",          // ZERO WIDTH NO-BREAK SPACE (BOM)
+            "Ada\u{0378}",          // unassigned in the Greek block
+            "Ada\u{E0001}",         // LANGUAGE TAG (Cf)
+        ] {
+            assert_eq!(
+                check_name(name).unwrap_err().code,
+                codes::INVALID_NAME,
+                "{name:?}"
+            );
         }
         let long = "x".repeat(MAX_NAME_CHARS + 1);
         assert_eq!(check_name(&long).unwrap_err().code, codes::INVALID_NAME);

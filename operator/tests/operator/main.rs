@@ -8,6 +8,7 @@
 mod crd;
 mod external_metrics;
 mod fake_api;
+mod help;
 mod high_availability;
 mod kafka_cleanup;
 mod lag;

@@ -32,23 +32,39 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_millis(2000);
 pub struct Running {
     /// The HTTP address: the API's port, or dbproc's metrics port.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served: the API's operational port, or dbproc's metrics port.
+    pub metrics: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl Running {
     /// Runs `app` until its token is cancelled.
-    fn spawn<F>(addr: SocketAddr, app: impl FnOnce(CancellationToken) -> F) -> Self
+    fn spawn<F>(
+        addr: SocketAddr,
+        metrics: SocketAddr,
+        app: impl FnOnce(CancellationToken) -> F,
+    ) -> Self
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let stop = CancellationToken::new();
         let task = tokio::spawn(app(stop.clone()));
-        Self { addr, stop, task }
+        Self {
+            addr,
+            metrics,
+            stop,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the operational port (`/metrics`).
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics)
     }
 
     /// Cancels the app and waits for it to finish, failing the test if it panicked or did not
@@ -82,6 +98,21 @@ pub struct Options {
     /// The minimum by default: tests check behaviour, not hashing cost.
     pub bcrypt_cost: u32,
     pub rate_limit_per_minute: u64,
+    /// Per-IP limits of signin and verify; high by default so flow tests can repeat them.
+    pub signin_rate_limit_per_minute: u32,
+    pub verify_rate_limit_per_minute: u32,
+    /// `0`: the API's defaults.
+    pub hash_concurrency: u32,
+    pub hash_queue_length: u32,
+    /// Off by default: tests talk plain http and the cookie jar must send the cookie back.
+    pub cookie_secure: bool,
+    /// `TRUSTED_PROXY_CIDRS`; empty trusts no proxy.
+    pub trusted_proxy_cidrs: String,
+    /// Another Redis than the shared one (distributed mode), e.g. a private instance a test
+    /// can fill up.
+    pub redis_url: Option<String>,
+    /// Further API flags, e.g. `["--signin-max-failures-per-address", "15"]`.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -90,6 +121,14 @@ impl Default for Options {
             signup_cooldown_secs: 0,
             bcrypt_cost: 4,
             rate_limit_per_minute: 300,
+            signin_rate_limit_per_minute: 100_000,
+            verify_rate_limit_per_minute: 100_000,
+            hash_concurrency: 0,
+            hash_queue_length: 0,
+            cookie_secure: false,
+            trusted_proxy_cidrs: String::new(),
+            redis_url: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -155,14 +194,24 @@ impl TestEnv {
             "broker-auth-api",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--bcrypt-cost",
             &self.options.bcrypt_cost.to_string(),
             "--rate-limit-per-minute",
             &self.options.rate_limit_per_minute.to_string(),
+            "--signin-rate-limit-per-minute",
+            &self.options.signin_rate_limit_per_minute.to_string(),
+            "--verify-rate-limit-per-minute",
+            &self.options.verify_rate_limit_per_minute.to_string(),
+            "--hash-concurrency",
+            &self.options.hash_concurrency.to_string(),
+            "--hash-queue-length",
+            &self.options.hash_queue_length.to_string(),
             "--signup-resend-cooldown-secs",
             &self.options.signup_cooldown_secs.to_string(),
             "--cookie-secure",
-            "false",
+            &self.options.cookie_secure.to_string(),
             "--smtp-url",
             &self.smtp.url(),
             "--mail-from",
@@ -170,7 +219,19 @@ impl TestEnv {
         ]
         .map(str::to_owned)
         .to_vec();
+        if !self.options.trusted_proxy_cidrs.is_empty() {
+            args.extend([
+                "--trusted-proxy-cidrs".to_owned(),
+                self.options.trusted_proxy_cidrs.clone(),
+            ]);
+        }
+        args.extend(self.options.extra_args.iter().cloned());
         let reply_timeout = REPLY_TIMEOUT.as_millis().to_string();
+        let redis_url = self
+            .options
+            .redis_url
+            .clone()
+            .unwrap_or_else(services::redis_url);
         match self.mode {
             Mode::Embedded => args.extend(
                 ["--database-url", &self.embedded_db]
@@ -188,7 +249,7 @@ impl TestEnv {
                     "--kafka-reply-timeout-ms",
                     &reply_timeout,
                     "--redis-url",
-                    &services::redis_url(),
+                    &redis_url,
                     "--redis-key-prefix",
                     &self.prefix,
                     "--jwt-secret",
@@ -207,7 +268,7 @@ impl TestEnv {
         let app = broker_auth_api::App::build(config)
             .await
             .expect("the API starts");
-        let api = Running::spawn(app.local_addr(), |stop| async move {
+        let api = Running::spawn(app.local_addr(), app.metrics_addr(), |stop| async move {
             app.run_until_stopped(stop.cancelled_owned())
                 .await
                 .expect("the API runs");
@@ -253,7 +314,7 @@ impl TestEnv {
         let app = broker_auth_dbproc::App::build(config)
             .await
             .expect("dbproc starts");
-        let dbproc = Running::spawn(app.metrics_addr(), |stop| async move {
+        let dbproc = Running::spawn(app.metrics_addr(), app.metrics_addr(), |stop| async move {
             app.run(stop).await.expect("dbproc runs");
         });
         wait_until_ok(&dbproc.url("/readyz")).await;
@@ -354,10 +415,21 @@ impl Client {
 
     /// A client of the API at `origin` (`http://host:port`), e.g. a separately started process.
     pub fn for_origin(origin: &str) -> Self {
+        Self::build(origin, None)
+    }
+
+    /// A client whose connections come from `source`, a loopback address such as 127.0.0.2:
+    /// to the API, another client IP.
+    pub fn from_source(api: &Running, source: std::net::IpAddr) -> Self {
+        Self::build(&api.url(""), Some(source))
+    }
+
+    fn build(origin: &str, source: Option<std::net::IpAddr>) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .cookie_store(true)
                 .timeout(PATIENCE)
+                .local_address(source)
                 .build()
                 .expect("an HTTP client"),
             base: format!("{origin}/api/v1/auth"),

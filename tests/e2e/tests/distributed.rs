@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use broker_auth_contract::{RequestKind, Topics};
-use broker_auth_e2e::{Client, Mode, PATIENCE, REPLY_TIMEOUT, TestEnv, metric_sum};
+use broker_auth_e2e::{Client, Mode, Options, PATIENCE, REPLY_TIMEOUT, TestEnv, metric_sum};
 use broker_auth_kafka::KafkaSettings;
+use broker_auth_testkit::private_redis::PrivateRedis;
 use broker_auth_testkit::services;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -152,4 +153,85 @@ async fn a_code_consumed_while_dbproc_is_down_works_again_once_it_is_back() {
         Client::new(env.api()).signin(&email, PASSWORD).await.0,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_answered_503_while_dbproc_is_down_use_up_no_code_attempt() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    env.dbproc.take().expect("dbproc runs").stop().await;
+    // More retries than the code has attempts (OTP_MAX_ATTEMPTS is 5): none of them counts.
+    for attempt in 1..=7 {
+        let (status, body) = client.verify(&email, &code, PASSWORD, "Patient").await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {body}"
+        );
+    }
+
+    env.dbproc = Some(env.spawn_dbproc().await);
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Patient").await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retries burned the code: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_that_refuses_writes_gets_503_with_retry_after_not_a_500() {
+    // A private Redis with the chart's policy: refuse writes when full, evict nothing.
+    let redis =
+        PrivateRedis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
+    let options = Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    };
+    let env = TestEnv::start_with(Mode::Distributed, options).await;
+    let client = Client::new(env.api());
+    let email = env.new_email();
+
+    let mut filler = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let chunk = "x".repeat(64 * 1024);
+    let mut filled = false;
+    for i in 0..1000 {
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&chunk)
+            .query_async(&mut filler)
+            .await;
+        if let Err(error) = set {
+            assert!(error.to_string().contains("OOM"), "{error}");
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "Redis never reported OOM");
+
+    for path in ["/signup", "/signin"] {
+        let response = client
+            .request(reqwest::Method::POST, path)
+            .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+    }
+
+    // Room again (this Redis is the test's own): the API recovers by itself.
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut filler)
+        .await
+        .unwrap();
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
 }
