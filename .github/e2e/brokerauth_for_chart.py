@@ -42,6 +42,7 @@ def main() -> None:
         "databaseUrl": {"name": f"{release}-postgres", "key": "DATABASE_URL"},
         "redisUrl": {"name": f"{release}-redis", "key": "REDIS_URL"},
         "jwtSecret": {"name": f"{release}-jwt", "key": "JWT_SECRET"},
+        "mailSealKey": {"name": f"{release}-mail-seal", "key": "MAIL_SEAL_KEY"},
         "smtpUrl": {"name": "e2e-smtp", "key": "SMTP_URL"},
     }
     spec["api"] = {**spec.get("api", {}), "minReplicas": 1, "maxReplicas": 2, "cookieSecure": False, "bcryptCost": 4}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use broker_auth_contract::Topics;
+use broker_auth_contract::{MailSealKey, Topics};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_mail::{LogMailer, Mailbox, Mailer, SmtpMailer};
 use broker_auth_user_store::{SqliteUserRepository, UserDirectory, UserRepository};
@@ -80,6 +80,9 @@ struct Backends {
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate()?;
+        // Unpacked now, so no request pays for it.
+        let common_passwords = broker_auth_common_passwords::CommonPasswords::get().len();
+        tracing::debug!(common_passwords, "common-password list loaded");
         let background = CancellationToken::new();
         let backends = match &config.kafka_brokers {
             Some(brokers) => distributed(&config, brokers, background.clone()).await?,
@@ -205,6 +208,7 @@ async fn distributed(
     settings.fetch_wait_max_ms = config.kafka_fetch_wait_ms;
     settings.topic_partitions = config.kafka_topic_partitions;
     settings.replication_factor = config.kafka_replication_factor;
+    settings.retention = config.kafka_retention.retention();
 
     let redis_url = config
         .redis_url
@@ -237,7 +241,15 @@ async fn distributed(
     )
     .await
     .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??;
-    let outbox = KafkaOutbox::new(producer, topics.mail(), config.reply_timeout());
+    let seal = config
+        .mail_seal_key
+        .as_ref()
+        .ok_or(ConfigError::MissingMailSealKey)
+        .and_then(|key| {
+            MailSealKey::from_secret(key.expose_secret().as_bytes())
+                .map_err(|_| ConfigError::ShortMailSealKey(key.expose_secret().len()))
+        })?;
+    let outbox = KafkaOutbox::new(producer, topics.mail(), config.reply_timeout(), seal);
     let secret = config
         .jwt_secret
         .clone()

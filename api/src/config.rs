@@ -41,6 +41,9 @@ pub struct Config {
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub kafka_replication_factor: i32,
 
+    #[command(flatten)]
+    pub kafka_retention: broker_auth_kafka::RetentionArgs,
+
     /// fetch.wait.max.ms of the reply consumer; the request round trip waits on it, keep it small.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub kafka_fetch_wait_ms: u32,
@@ -86,6 +89,12 @@ pub struct Config {
     /// in embedded mode one is generated and kept beside the database.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
+
+    /// Key that seals sign-up codes in the mail topic, at least 32 bytes; dbproc needs the same
+    /// one to open them. Required with Kafka; unused in embedded mode (mail never leaves the
+    /// process).
+    #[arg(long, env = "MAIL_SEAL_KEY", hide_env_values = true)]
+    pub mail_seal_key: Option<SecretString>,
 
     /// Mark the session cookie Secure (HTTPS only). Default true; false by default in embedded mode.
     #[arg(long, env = "COOKIE_SECURE")]
@@ -193,6 +202,10 @@ pub enum ConfigError {
     MissingJwtSecret,
     #[error("JWT_SECRET must be at least 32 bytes (it has {0})")]
     ShortJwtSecret(usize),
+    #[error("MAIL_SEAL_KEY is required when KAFKA_BROKERS is set (the same value dbproc has)")]
+    MissingMailSealKey,
+    #[error("MAIL_SEAL_KEY must be at least 32 bytes (it has {0})")]
+    ShortMailSealKey(usize),
     #[error("REDIS_URL is required when KAFKA_BROKERS is set")]
     MissingRedisUrl,
     #[error("REDIS_URL must start with redis://, rediss:// or unix://")]
@@ -264,6 +277,12 @@ impl Config {
                 return Err(ConfigError::ShortJwtSecret(len));
             }
         }
+        if let Some(key) = &self.mail_seal_key {
+            let len = key.expose_secret().len();
+            if len < broker_auth_contract::MIN_SEAL_SECRET_BYTES {
+                return Err(ConfigError::ShortMailSealKey(len));
+            }
+        }
         if self.kafka_brokers.is_none() && self.redis_url.is_some() {
             return Err(ConfigError::EmbeddedWithRedis);
         }
@@ -273,6 +292,9 @@ impl Config {
             }
             if self.jwt_secret.is_none() {
                 return Err(ConfigError::MissingJwtSecret);
+            }
+            if self.mail_seal_key.is_none() {
+                return Err(ConfigError::MissingMailSealKey);
             }
             match &self.redis_url {
                 None => return Err(ConfigError::MissingRedisUrl),
@@ -325,8 +347,32 @@ mod tests {
     }
 
     #[test]
-    fn a_full_distributed_config_is_accepted_with_secure_cookies() {
+    fn distributed_mode_requires_a_long_enough_mail_seal_key() {
         let config = distributed(&["--jwt-secret", &"k".repeat(32)]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::MissingMailSealKey)
+        ));
+        let config = distributed(&[
+            "--jwt-secret",
+            &"k".repeat(32),
+            "--mail-seal-key",
+            &"m".repeat(31),
+        ]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::ShortMailSealKey(31))
+        ));
+    }
+
+    #[test]
+    fn a_full_distributed_config_is_accepted_with_secure_cookies() {
+        let config = distributed(&[
+            "--jwt-secret",
+            &"k".repeat(32),
+            "--mail-seal-key",
+            &"m".repeat(32),
+        ]);
         config.validate().unwrap();
         assert!(config.cookie_secure());
         assert!(!config.is_embedded());
@@ -390,7 +436,12 @@ mod tests {
 
     #[test]
     fn a_bad_redis_scheme_is_refused() {
-        let mut config = distributed(&["--jwt-secret", &"k".repeat(32)]);
+        let mut config = distributed(&[
+            "--jwt-secret",
+            &"k".repeat(32),
+            "--mail-seal-key",
+            &"m".repeat(32),
+        ]);
         config.redis_url = Some("http://x".into());
         assert!(matches!(
             config.validate(),

@@ -17,12 +17,13 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
-use crate::domain::{EmailAddress, OtpCode};
+use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode};
 
 type HmacSha256 = Hmac<Sha256>;
 
 const ISSUER: &str = "broker-auth";
 const OTP_KEY_LABEL: &[u8] = b"broker-auth/otp-hash/v1";
+const CREATION_DIGEST_KEY_LABEL: &[u8] = b"broker-auth/creation-digest/v1";
 /// Fixed key of the password pre-hash. Its job is to turn any password into 44 ASCII bytes
 /// (under bcrypt's 72-byte limit, no NUL bytes); the secret part of the hash is bcrypt's.
 const PASSWORD_PREHASH_KEY: &[u8] = b"broker-auth/password-prehash/v1";
@@ -42,6 +43,7 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     otp_key: [u8; 32],
+    creation_digest_key: [u8; 32],
 }
 
 impl Keys {
@@ -52,7 +54,38 @@ impl Keys {
             decoding: DecodingKey::from_secret(bytes),
             // A separate key for code hashes, so a leaked code hash says nothing about the JWT key.
             otp_key: hmac(bytes, &[OTP_KEY_LABEL]),
+            creation_digest_key: hmac(bytes, &[CREATION_DIGEST_KEY_LABEL]),
         }
+    }
+
+    /// The digest of what a verify asks the directory to create, hex encoded: the same for an
+    /// honest retry (unlike the bcrypt hash, which is salted anew each time), different when the
+    /// name or password differs. Keyed, because it travels through Kafka and stays in the
+    /// database: unkeyed, it would be a fast hash of the password, far cheaper to crack than
+    /// bcrypt. Each field is length-prefixed so no two field splits give the same input.
+    pub fn creation_digest(
+        &self,
+        email: &EmailAddress,
+        name: &DisplayName,
+        password: &NewPassword,
+    ) -> String {
+        let fields = [
+            email.as_str().as_bytes(),
+            name.as_str().as_bytes(),
+            password.expose().as_bytes(),
+        ];
+        let lengths = fields.map(|field| (field.len() as u64).to_be_bytes());
+        hex::encode(hmac(
+            &self.creation_digest_key,
+            &[
+                &lengths[0],
+                fields[0],
+                &lengths[1],
+                fields[1],
+                &lengths[2],
+                fields[2],
+            ],
+        ))
     }
 
     /// The keyed hash of a code for one address, hex encoded: what Redis keeps instead of the code.
@@ -361,6 +394,34 @@ mod tests {
             &keys().otp_hash(&a, &code)
         ));
         assert!(!keys().otp_hash(&a, &code).contains("123456"));
+    }
+
+    #[test]
+    fn creation_digests_bind_email_name_and_password() {
+        let email = EmailAddress::parse("a@example.com").unwrap();
+        let name = DisplayName::parse("Ada").unwrap();
+        let password = NewPassword::parse("correct horse battery").unwrap();
+        let digest = keys().creation_digest(&email, &name, &password);
+        assert_eq!(digest, keys().creation_digest(&email, &name, &password));
+        assert_eq!(digest.len(), 64);
+        let others = [
+            keys().creation_digest(
+                &EmailAddress::parse("b@example.com").unwrap(),
+                &name,
+                &password,
+            ),
+            keys().creation_digest(&email, &DisplayName::parse("Grace").unwrap(), &password),
+            keys().creation_digest(
+                &email,
+                &name,
+                &NewPassword::parse("correct horse battery!").unwrap(),
+            ),
+            Keys::new(&SecretString::from("z".repeat(32)))
+                .creation_digest(&email, &name, &password),
+        ];
+        for other in others {
+            assert_ne!(digest, other);
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use broker_auth_common_passwords::CommonPasswords;
+
 /// A trimmed, lowercased email address of plausible shape.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
@@ -50,8 +52,9 @@ impl fmt::Display for EmailAddress {
     }
 }
 
-/// A new password. Length is counted in characters; there is no composition rule (NIST 800-63B).
-/// Every accepted password is used whole: it is pre-hashed before bcrypt, which reads only 72 bytes.
+/// A new password. Length is counted in characters; there is no composition rule, but a password
+/// on the list of common and breached passwords is refused (NIST SP 800-63B). Every accepted
+/// password is used whole: it is pre-hashed before bcrypt, which reads only 72 bytes.
 #[derive(Clone)]
 pub struct NewPassword(String);
 
@@ -67,10 +70,16 @@ impl NewPassword {
             Err("must be at least 8 characters")
         } else if chars > Self::MAX_CHARS {
             Err("must be at most 128 characters")
+        } else if CommonPasswords::get().contains(raw) {
+            Err(Self::COMMON)
         } else {
             Ok(Self(raw.to_owned()))
         }
     }
+
+    /// The message for a password on the common-password list.
+    pub const COMMON: &'static str =
+        "is one of the most common passwords, which attackers try first: choose another";
 
     pub fn expose(&self) -> &str {
         &self.0
@@ -119,6 +128,10 @@ impl DisplayName {
             }
         })?;
         Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     pub fn into_inner(self) -> String {
@@ -190,7 +203,25 @@ mod tests {
         assert!(NewPassword::parse(&"𝄞".repeat(64)).is_ok());
         assert!(NewPassword::parse("short").is_err());
         assert!(NewPassword::parse(&"x".repeat(129)).is_err());
-        assert!(NewPassword::parse(&"x".repeat(8)).is_ok());
+        assert!(NewPassword::parse("xk7#qv2!").is_ok());
+    }
+
+    #[test]
+    fn common_passwords_are_refused_with_their_own_message() {
+        for common in [
+            "password1",
+            "Password1",
+            "12345678",
+            "iloveyou",
+            "qwertyuiop",
+        ] {
+            assert_eq!(
+                NewPassword::parse(common).err(),
+                Some(NewPassword::COMMON),
+                "{common:?}"
+            );
+        }
+        assert!(NewPassword::parse("correct horse battery staple 42").is_ok());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Where the API hands mail off. It never talks SMTP on a request: distributed mode produces to
-//! the mail topic for dbproc's mailer; embedded mode gives the mail to a background task.
+//! the mail topic for dbproc's mailer, with the code sealed; embedded mode gives the mail to a
+//! background task.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{Envelope, MailRequest, headers};
+use broker_auth_contract::{Envelope, MailRequest, MailSealKey, headers};
 use broker_auth_mail::Mailer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -26,14 +27,21 @@ pub struct KafkaOutbox {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
+    seal: MailSealKey,
 }
 
 impl KafkaOutbox {
-    pub fn new(producer: FutureProducer, topic: String, timeout: Duration) -> Self {
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        timeout: Duration,
+        seal: MailSealKey,
+    ) -> Self {
         Self {
             producer,
             topic,
             timeout,
+            seal,
         }
     }
 }
@@ -43,7 +51,8 @@ impl MailOutbox for KafkaOutbox {
     async fn enqueue(&self, mail: MailRequest) -> Result<(), OutboxError> {
         let id = Uuid::new_v4();
         let key = mail.to.clone();
-        let body = Envelope::new(id, mail).to_json();
+        // Sealed, so the topic, its dead letters and the broker's disks hold no usable code.
+        let body = Envelope::new(id, self.seal.seal(mail)).to_json();
         let correlation = id.to_string();
         let traceparent = broker_auth_telemetry::traceparent(&tracing::Span::current());
         let mut pairs = vec![(headers::CORRELATION_ID, correlation.as_str())];

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_auth_contract::Topics;
+use broker_auth_contract::{MailSealKey, Topics};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_mail::Mailbox;
 use clap::{Args, Parser, Subcommand};
@@ -24,6 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and moved into the app: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the database migrations, then consume requests and mail until stopped (default).
@@ -96,6 +98,9 @@ pub struct Config {
           value_parser = clap::value_parser!(i32).range(1..))]
     pub kafka_replication_factor: i32,
 
+    #[command(flatten)]
+    pub kafka_retention: broker_auth_kafka::RetentionArgs,
+
     /// Longest a fetch waits at the broker for new records, in milliseconds
     /// (`fetch.wait.max.ms`); bounds the latency a request spends queued in Kafka.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100,
@@ -115,6 +120,11 @@ pub struct Config {
     /// `smtps://user:pass@host` (secret).
     #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = parse_secret)]
     pub smtp_url: SecretString,
+
+    /// Key that opens the sign-up codes the API seals into the mail topic: the API's
+    /// `MAIL_SEAL_KEY`, at least 32 bytes (secret).
+    #[arg(long, env = "MAIL_SEAL_KEY", hide_env_values = true, value_parser = parse_seal_key)]
+    pub mail_seal_key: SecretString,
 
     /// Sender of every mail, e.g. `Broker Auth <no-reply@example.com>`.
     #[arg(long, env = "MAIL_FROM", value_parser = parse_mailbox)]
@@ -159,6 +169,7 @@ impl Config {
         settings.fetch_wait_max_ms = self.kafka_fetch_wait_ms;
         settings.topic_partitions = self.kafka_topic_partitions;
         settings.replication_factor = self.kafka_replication_factor;
+        settings.retention = self.kafka_retention.retention();
         settings
     }
 
@@ -188,6 +199,13 @@ impl Config {
         Ok(())
     }
 
+    /// The key that opens the mail topic's codes (the secret's length was checked at parsing).
+    pub fn mail_seal_key(&self) -> Result<MailSealKey, String> {
+        use secrecy::ExposeSecret;
+        MailSealKey::from_secret(self.mail_seal_key.expose_secret().as_bytes())
+            .map_err(|e| format!("MAIL_SEAL_KEY: {e}"))
+    }
+
     pub fn mail_retry(&self) -> crate::backoff::Backoff {
         crate::backoff::Backoff::new(
             Duration::from_millis(self.mail_retry_initial_ms),
@@ -207,6 +225,11 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value))
 }
 
+fn parse_seal_key(value: &str) -> Result<SecretString, String> {
+    MailSealKey::from_secret(value.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(SecretString::from(value))
+}
+
 fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
     value
         .parse::<Mailbox>()
@@ -219,7 +242,9 @@ mod tests {
     use clap::CommandFactory;
     use secrecy::ExposeSecret;
 
-    const REQUIRED: [&str; 9] = [
+    const SEAL_KEY: &str = "--mail-seal-key=seal-seal-seal-seal-seal-seal-seal-seal";
+
+    const REQUIRED: [&str; 10] = [
         "broker-auth-dbproc",
         "--kafka-brokers=127.0.0.1:9092",
         "--database-url=postgres://u:p@h/db",
@@ -229,6 +254,7 @@ mod tests {
         "--metrics-listen=127.0.0.1:0",
         "--mail-max-attempts=3",
         "--kafka-fetch-wait-ms=10",
+        SEAL_KEY,
     ];
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -297,7 +323,8 @@ mod tests {
 
     #[test]
     fn the_default_mail_retry_schedule_fits_between_polls() {
-        let Command::Serve(config) = parse(&REQUIRED[..5]).unwrap().command else {
+        let args = [&REQUIRED[..5], &[SEAL_KEY]].concat();
+        let Command::Serve(config) = parse(&args).unwrap().command else {
             panic!("expected serve");
         };
         assert_eq!(config.mail_max_attempts, 8);
@@ -324,6 +351,16 @@ mod tests {
         };
         let debug = format!("{config:?}");
         assert!(!debug.contains("u:p@h"), "{debug}");
+        assert!(!debug.contains("seal-seal"), "{debug}");
+    }
+
+    #[test]
+    fn a_short_mail_seal_key_is_refused_by_name() {
+        let mut args = REQUIRED.to_vec();
+        args[9] = "--mail-seal-key=short";
+        let error = parse(&args).unwrap_err().to_string();
+        assert!(error.contains("--mail-seal-key"), "{error}");
+        assert!(error.contains("at least 32 bytes"), "{error}");
     }
 
     #[test]
@@ -341,6 +378,7 @@ mod tests {
             "DATABASE_MAX_CONNECTIONS",
             "SMTP_URL",
             "MAIL_FROM",
+            "MAIL_SEAL_KEY",
             "MAIL_MAX_ATTEMPTS",
             "METRICS_LISTEN",
         ] {

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use broker_auth_contract::Topics;
+use broker_auth_contract::{MailSealKey, Topics};
 use broker_auth_kafka::rdkafka::consumer::Consumer;
 use broker_auth_kafka::rdkafka::error::KafkaError;
 use broker_auth_mail::{MailError, Mailer, SmtpMailer};
@@ -98,6 +98,7 @@ pub struct App {
     metrics_addr: SocketAddr,
     mail_max_attempts: u32,
     mail_retry: Backoff,
+    mail_seal_key: MailSealKey,
 }
 
 impl std::fmt::Debug for App {
@@ -173,6 +174,7 @@ impl App {
             metrics_addr,
             mail_max_attempts: config.mail_max_attempts,
             mail_retry: config.mail_retry(),
+            mail_seal_key: config.mail_seal_key().map_err(Error::Settings)?,
         })
     }
 
@@ -222,6 +224,7 @@ impl App {
             metrics: self.metrics.clone(),
             max_attempts: self.mail_max_attempts,
             retry: self.mail_retry,
+            seal: self.mail_seal_key.clone(),
         };
         tracing::info!(
             metrics_addr = %self.metrics_addr,

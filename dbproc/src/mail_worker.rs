@@ -1,8 +1,8 @@
-//! The mail consumer: a mail request in, an SMTP delivery (or a dead letter) out.
+//! The mail consumer: a sealed mail request in, opened, an SMTP delivery (or a dead letter) out.
 
 use std::sync::Arc;
 
-use broker_auth_contract::{Envelope, MailRequest, Topics, headers};
+use broker_auth_contract::{Envelope, MailSealKey, SealedMailRequest, Topics, headers};
 use broker_auth_kafka::header_str;
 use broker_auth_kafka::rdkafka::Message;
 use broker_auth_kafka::rdkafka::message::BorrowedMessage;
@@ -23,6 +23,8 @@ pub struct MailWorker {
     pub metrics: Arc<Metrics>,
     pub max_attempts: u32,
     pub retry: Backoff,
+    /// Opens the code the API sealed into the record.
+    pub seal: MailSealKey,
 }
 
 impl MailWorker {
@@ -60,27 +62,31 @@ impl MailWorker {
     ) -> Result<(), Interrupted> {
         let decoded = message
             .payload()
-            .ok_or_else(|| "empty_payload: the record has no body".to_owned())
+            .ok_or(("empty_payload", "the record has no body".to_owned()))
             .and_then(|payload| {
-                Envelope::<MailRequest>::from_json(payload)
-                    .map_err(|error| format!("undecodable: {error}"))
+                Envelope::<SealedMailRequest>::from_json(payload)
+                    .map_err(|error| ("undecodable", error.to_string()))
+            })
+            .and_then(|envelope| {
+                // A code sealed under another key (a key rotated between api and dbproc) or
+                // tampered with can never be sent: dead-letter it, sealed as it came.
+                let request_id = envelope.request_id;
+                self.seal
+                    .open(envelope.body)
+                    .map(|mail| (request_id, mail))
+                    .map_err(|error| ("unsealable", error.to_string()))
             });
-        let envelope = match decoded {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                let code = if reason.starts_with("empty_payload") {
-                    "empty_payload"
-                } else {
-                    "undecodable"
-                };
+        let (request_id, mail) = match decoded {
+            Ok(opened) => opened,
+            Err((code, detail)) => {
+                let reason = format!("{code}: {detail}");
                 return self.dead_letter(message, code, &reason, shutdown).await;
             }
         };
-        let mail = envelope.body;
         let template = mail.template.name();
         let span = tracing::Span::current();
         span.record("template", template);
-        span.record("request_id", tracing::field::display(envelope.request_id));
+        span.record("request_id", tracing::field::display(request_id));
 
         let mut attempt = 0;
         let mut retrying = None;

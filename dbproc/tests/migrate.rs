@@ -40,6 +40,7 @@ async fn migrate_creates_the_schema_and_running_it_again_changes_nothing() {
         email: "migrated@example.com".into(),
         name: "Mig".into(),
         password_hash: HASH.into(),
+        request_digest: None,
     });
     let reply = directory.handle(Uuid::new_v4(), creation).await.unwrap();
     assert!(

@@ -567,6 +567,81 @@ fn assigned(body: &str, consumer: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_whose_code_cannot_be_opened_is_dead_lettered_sealed_and_never_sent() {
+    let harness = Harness::start("mail-unsealable").await;
+    let mut dead_letters = harness.dead_letter_reader();
+    // Sealed under another key (a key rotated on one tier only), and a plaintext code as a
+    // producer that does not seal would send it.
+    harness
+        .mail_sealed_with(
+            "another-seal-key-another-seal-key-another",
+            "rotated@example.com",
+            json!({"template": "signup_code", "code": "577215", "expires_in_minutes": 5}),
+        )
+        .await;
+    let plaintext = serde_json::to_vec(&json!({
+        "version": 1,
+        "request_id": Uuid::new_v4(),
+        "to": "plain@example.com",
+        "template": "signup_code",
+        "code": "141421",
+        "expires_in_minutes": 5,
+    }))
+    .unwrap();
+    harness
+        .produce(&harness.topics.mail(), "plain@example.com", &plaintext, &[])
+        .await;
+    harness
+        .mail(
+            "sealed@example.com",
+            json!({"template": "signup_code", "code": "662607", "expires_in_minutes": 5}),
+        )
+        .await;
+
+    let rotated = dead_letters
+        .wait_for(
+            "the mail sealed under another key",
+            Duration::from_secs(20),
+            |r| r.key.as_deref() == Some(&b"rotated@example.com"[..]),
+        )
+        .await;
+    let reason = rotated.header(headers::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.starts_with("unsealable"), "{reason}");
+    assert!(
+        !String::from_utf8_lossy(&rotated.payload).contains("577215"),
+        "the dead letter keeps the code sealed"
+    );
+    let plain = dead_letters
+        .wait_for("the plaintext mail", Duration::from_secs(20), |r| {
+            r.key.as_deref() == Some(&b"plain@example.com"[..])
+        })
+        .await;
+    let reason = plain.header(headers::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.starts_with("undecodable"), "{reason}");
+
+    let mail = harness
+        .smtp
+        .wait_for(|m| m.is_to("sealed@example.com"), Duration::from_secs(20))
+        .await
+        .expect("the properly sealed mail after them is sent");
+    assert!(mail.text().contains("662607"), "{}", mail.text());
+    assert!(
+        harness
+            .smtp
+            .messages()
+            .iter()
+            .all(|m| !m.is_to("rotated@example.com") && !m.is_to("plain@example.com")),
+        "a mail whose code could not be opened was sent"
+    );
+    assert_eq!(
+        harness
+            .metric("dbproc_dead_lettered_total{consumer=\"mail\",reason=\"unsealable\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mail_waiting_between_attempts_at_shutdown_is_sent_after_the_restart() {
     let settings = MailSettings {
         max_attempts: 25,

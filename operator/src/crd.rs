@@ -112,11 +112,73 @@ pub struct KafkaSpec {
     #[serde(default = "default_replication_factor")]
     #[schemars(range(min = 1, max = 32))]
     pub replication_factor: i32,
+    /// Retention of the topics the operator creates (existing topics are left as they are).
+    #[serde(default)]
+    pub retention: RetentionSpec,
     /// When the BrokerAuth is deleted, delete its topics and its consumer groups' committed
     /// offsets too, after its pods have stopped, so nothing is left behind. Turn off to keep
     /// them (both: offsets without their topics would mislead a re-created BrokerAuth).
     #[serde(default = "yes")]
     pub delete_topics_on_delete: bool,
+}
+
+/// How long the deployment's topics keep records: codes (sealed) and replies briefly, requests
+/// and dead letters for a bounded time, so nothing sits in Kafka under the broker's defaults.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// `retention.ms` of `mail-outbox` and the reply topics.
+    #[serde(default = "default_short_retention_ms")]
+    #[schemars(range(min = 60000))]
+    pub short_ms: i64,
+    /// `retention.ms` of the request topics.
+    #[serde(default = "default_request_retention_ms")]
+    #[schemars(range(min = 60000))]
+    pub request_ms: i64,
+    /// `retention.ms` of the dead-letter topic.
+    #[serde(default = "default_dead_letter_retention_ms")]
+    #[schemars(range(min = 60000))]
+    pub dead_letter_ms: i64,
+    /// `retention.bytes` of each partition.
+    #[serde(default = "default_retention_bytes")]
+    #[schemars(range(min = 1048576))]
+    pub bytes_per_partition: i64,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        Self {
+            short_ms: default_short_retention_ms(),
+            request_ms: default_request_retention_ms(),
+            dead_letter_ms: default_dead_letter_retention_ms(),
+            bytes_per_partition: default_retention_bytes(),
+        }
+    }
+}
+
+impl RetentionSpec {
+    pub fn to_retention(&self) -> broker_auth_kafka::TopicRetention {
+        let millis = |ms: i64| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        broker_auth_kafka::TopicRetention {
+            short: millis(self.short_ms),
+            requests: millis(self.request_ms),
+            dead_letters: millis(self.dead_letter_ms),
+            bytes_per_partition: u64::try_from(self.bytes_per_partition).unwrap_or(0),
+        }
+    }
+}
+
+fn default_short_retention_ms() -> i64 {
+    3_600_000
+}
+fn default_request_retention_ms() -> i64 {
+    86_400_000
+}
+fn default_dead_letter_retention_ms() -> i64 {
+    604_800_000
+}
+fn default_retention_bytes() -> i64 {
+    1 << 30
 }
 
 fn default_topic_partitions() -> i32 {
@@ -130,6 +192,7 @@ fn default_replication_factor() -> i32 {
 /// The Secrets the tiers read. Each names a Secret in the BrokerAuth's namespace and a key in it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = require_mail_seal_key)]
 pub struct SecretRefs {
     /// `DATABASE_URL` of dbproc (PostgreSQL URL).
     pub database_url: SecretKeyRef,
@@ -139,18 +202,29 @@ pub struct SecretRefs {
     pub smtp_url: SecretKeyRef,
     /// `JWT_SECRET` of the api.
     pub jwt_secret: SecretKeyRef,
+    /// `MAIL_SEAL_KEY` of the api and dbproc: the api seals sign-up codes into the mail topic
+    /// with it, dbproc opens them (at least 32 random bytes).
+    // Required by the schema, lenient here: see `require_property`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_seal_key: Option<SecretKeyRef>,
 }
 
 impl SecretRefs {
     /// Every reference, in a fixed order.
-    pub fn all(&self) -> [&SecretKeyRef; 4] {
-        [
+    pub fn all(&self) -> Vec<&SecretKeyRef> {
+        let mut all = vec![
             &self.database_url,
             &self.redis_url,
             &self.smtp_url,
             &self.jwt_secret,
-        ]
+        ];
+        all.extend(&self.mail_seal_key);
+        all
     }
+}
+
+fn require_mail_seal_key(schema: &mut Schema) {
+    require_property(schema, "mailSealKey");
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]

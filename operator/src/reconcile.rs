@@ -229,6 +229,14 @@ pub fn spec_problems(ba: &BrokerAuth, namespace: &str) -> Vec<String> {
                 .into(),
         );
     }
+    // Required by the schema too; a BrokerAuth stored before it was is not re-validated.
+    if spec.secrets.mail_seal_key.is_none() {
+        problems.push(
+            "secrets.mailSealKey is required: the api seals sign-up codes into the mail topic \
+             and dbproc opens them (MAIL_SEAL_KEY)"
+                .into(),
+        );
+    }
     if spec.dbproc.lag_per_replica < 1 {
         problems.push("dbproc.lagPerReplica must be at least 1".into());
     }
@@ -251,6 +259,7 @@ pub fn kafka_settings(ba: &BrokerAuth) -> KafkaSettings {
     let mut settings = KafkaSettings::new(ba.spec.kafka.bootstrap_servers.clone());
     settings.topic_partitions = resources::topic_partitions(&ba.spec);
     settings.replication_factor = ba.spec.kafka.replication_factor;
+    settings.retention = ba.spec.kafka.retention.to_retention();
     settings
 }
 

@@ -275,10 +275,18 @@ fn tier_env(
                 "RUST_LOG",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ],
-            vec![
+            [
                 ("REDIS_URL", &secrets.redis_url),
                 ("JWT_SECRET", &secrets.jwt_secret),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                secrets
+                    .mail_seal_key
+                    .iter()
+                    .map(|key| ("MAIL_SEAL_KEY", key)),
+            )
+            .collect(),
         ),
         Tier::Dbproc => (
             vec![
@@ -291,10 +299,18 @@ fn tier_env(
                 "RUST_LOG",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ],
-            vec![
+            [
                 ("DATABASE_URL", &secrets.database_url),
                 ("SMTP_URL", &secrets.smtp_url),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                secrets
+                    .mail_seal_key
+                    .iter()
+                    .map(|key| ("MAIL_SEAL_KEY", key)),
+            )
+            .collect(),
         ),
     }
 }

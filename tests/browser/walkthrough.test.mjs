@@ -1,6 +1,6 @@
 // A person's walk through the web UI in a real (headless) Chromium, against the api binary in embedded mode:
-// sign up → the code from the server's log → a wrong code shows an error at the code field → the right code →
-// account page → log out → sign in → account page.
+// sign up → the code from the server's log → a wrong code shows an error at the code field → a common password
+// shows an error at the password field → the right code → account page → log out → sign in → account page.
 //
 // Build the binary first (`cargo build -p broker-auth-api`), then `npm ci && node --test walkthrough.test.mjs`.
 // BROKER_AUTH_API_BIN overrides the binary's path; CHROMIUM_PATH overrides /usr/bin/chromium.
@@ -243,8 +243,19 @@ test('a person signs up with the emailed code, sees the account page, logs out a
       'the code field is described by its error message',
     );
 
-    // The right code creates the account and signs the person in.
+    // A password on the common-password list: the API's message appears at the password field.
     await codeField.fill(code);
+    const passwordField = visibleView().getByLabel('Password', { exact: true });
+    await passwordField.fill('password123');
+    await visibleView().getByRole('button', { name: 'Create account' }).click();
+    await page.locator('#verify-password[aria-invalid="true"]').waitFor({ state: 'attached' });
+    const passwordError = page.locator('#verify-password-error');
+    await passwordError.waitFor({ state: 'visible' });
+    const passwordErrorText = (await passwordError.textContent())?.trim() ?? '';
+    assert.match(passwordErrorText, /common/i, 'the common-password message shows at the password field');
+
+    // The right code and an uncommon password create the account and sign the person in.
+    await passwordField.fill(password);
     await visibleView().getByRole('button', { name: 'Create account' }).click();
     await expectView('Your account');
     assert.equal((await page.locator('#account-email').textContent())?.trim(), email);

@@ -35,6 +35,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "redis": {"enabled": False, "external": {"existingSecret": {"name": "shared-redis", "key": "url"}}},
         "postgres": {"enabled": False, "external": {"existingSecret": {"name": "shared-postgres", "key": "url"}}},
         "jwt": {"existingSecret": {"name": "broker-auth-jwt-key", "key": "key"}},
+        "mailSeal": {"existingSecret": {"name": "broker-auth-mail-seal-key", "key": "key"}},
         "smtp": {"existingSecret": {"name": "smtp-relay", "key": "url"}},
         "brokerAuth": {"create": True, "name": "auth"},
     },

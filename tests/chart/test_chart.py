@@ -323,6 +323,9 @@ def test_generated_credentials_are_strong_and_consistent(rendered_sets: dict[str
     assert redis["auth.conf"].strip() == f"requirepass {redis['REDIS_PASSWORD']}"
     jwt = defaults.one("Secret", f"{RELEASE_NAME}-jwt")["stringData"]["JWT_SECRET"]
     assert len(jwt.encode()) >= 32  # the api refuses shorter keys
+    seal = defaults.one("Secret", f"{RELEASE_NAME}-mail-seal")["stringData"]["MAIL_SEAL_KEY"]
+    assert len(seal.encode()) >= 32  # the api and dbproc refuse shorter keys
+    assert seal != jwt
     cluster_id = defaults.one("Secret", f"{RELEASE_NAME}-kafka")["stringData"]["CLUSTER_ID"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
 
@@ -341,6 +344,7 @@ def test_external_services_replace_the_statefulsets(rendered_sets: dict[str, Ren
         "redisUrl": {"name": "shared-redis", "key": "url"},
         "smtpUrl": {"name": "smtp-relay", "key": "url"},
         "jwtSecret": {"name": "broker-auth-jwt-key", "key": "key"},
+        "mailSealKey": {"name": "broker-auth-mail-seal-key", "key": "key"},
     }
 
 
@@ -613,6 +617,19 @@ def test_the_crd_requires_the_sender_address_dbproc_cannot_start_without() -> No
     jsonschema.validate(ba, schema)
     del ba["spec"]["dbproc"]["mailFrom"]
     with pytest.raises(jsonschema.ValidationError, match="mailFrom"):
+        jsonschema.validate(ba, schema)
+
+
+def test_the_crd_requires_the_mail_seal_key_the_api_and_dbproc_share() -> None:
+    schema = crd_schema(load_crd())
+    secrets = schema["properties"]["spec"]["properties"]["secrets"]
+    assert "mailSealKey" in secrets["required"]
+    assert "default" not in secrets["properties"]["mailSealKey"]
+    ba = render(VALUE_SETS["brokerauth-from-values"]).one("BrokerAuth")
+    assert ba["spec"]["secrets"]["mailSealKey"] == {"name": f"{RELEASE_NAME}-mail-seal", "key": "MAIL_SEAL_KEY"}
+    jsonschema.validate(ba, schema)
+    del ba["spec"]["secrets"]["mailSealKey"]
+    with pytest.raises(jsonschema.ValidationError, match="mailSealKey"):
         jsonschema.validate(ba, schema)
 
 

@@ -77,8 +77,8 @@ def test_every_setting_the_operator_computes_reaches_a_tier() -> None:
 @pytest.mark.parametrize("tier", TIERS)
 def test_operator_gives_each_tier_its_required_connections(tier: str) -> None:
     required = {
-        "api": {"KAFKA_BROKERS", "KAFKA_TOPIC_PREFIX", "REDIS_URL", "JWT_SECRET", "API_LISTEN"},
-        "dbproc": {"KAFKA_BROKERS", "KAFKA_TOPIC_PREFIX", "DATABASE_URL", "SMTP_URL", "METRICS_LISTEN"},
+        "api": {"KAFKA_BROKERS", "KAFKA_TOPIC_PREFIX", "REDIS_URL", "JWT_SECRET", "MAIL_SEAL_KEY", "API_LISTEN"},
+        "dbproc": {"KAFKA_BROKERS", "KAFKA_TOPIC_PREFIX", "DATABASE_URL", "SMTP_URL", "MAIL_SEAL_KEY", "METRICS_LISTEN"},
     }[tier]
     missing = required - _operator_tier_env()[tier]
     assert not missing, f"the operator does not give {tier} {sorted(missing)}"

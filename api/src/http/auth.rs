@@ -299,6 +299,7 @@ pub async fn verify(
         let password_hash = state.hasher.hash(password.expose(), &client.0).await?;
         let creation = UserCreation {
             email: email.to_string(),
+            request_digest: Some(state.keys.creation_digest(&email, &name, &password)),
             name: name.into_inner(),
             password_hash,
         };
@@ -318,9 +319,11 @@ pub async fn verify(
         Err(error) => {
             // The account may not exist yet: give the code back, for what is left of its life,
             // so the person can retry — unless a newer code was sent meanwhile. The retry
-            // reuses the request id, so a creation that did land late is not repeated. The
-            // attempt is given back too: the code was right, and a worker tier that does not
-            // answer must not burn it however often the person retries.
+            // reuses the request id, so a creation that did land late is not repeated, and a
+            // retry with another name or password is refused (409 request_conflict) rather
+            // than answered with the first one's account. The attempt is given back too: the
+            // code was right, and a worker tier that does not answer must not burn it however
+            // often the person retries.
             let left = remaining.saturating_sub(attempted_at.elapsed());
             let record = CodeRecord {
                 attempts: record.attempts.saturating_sub(1),

@@ -9,6 +9,8 @@ use axum::http::header::{RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use broker_auth_user_store::validation::codes;
+
 use super::openapi::{ErrorBody, ErrorDetail};
 use crate::directory::DirectoryError;
 use crate::outbox::OutboxError;
@@ -34,6 +36,8 @@ pub enum ApiError {
     Unauthenticated,
     #[error("account already exists")]
     AccountExists,
+    #[error("the code was already used with another name or password")]
+    RequestConflict,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -100,6 +104,12 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "account_exists",
                 "This address already has an account. Sign in instead.",
+            ),
+            Self::RequestConflict => (
+                StatusCode::CONFLICT,
+                "request_conflict",
+                "This code was already used to create the account with another name or \
+                 password. Send the name and password you gave first, or sign in.",
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource."),
             Self::CrossSite => (
@@ -185,6 +195,9 @@ impl From<DirectoryError> for ApiError {
         match error {
             DirectoryError::Timeout(_) | DirectoryError::Unavailable(_) => {
                 Self::Unavailable(error.to_string())
+            }
+            DirectoryError::Rejected { code, .. } if code == codes::REQUEST_CONFLICT => {
+                Self::RequestConflict
             }
             DirectoryError::Rejected { .. } | DirectoryError::BadReply(_) => {
                 Self::Internal(error.to_string())

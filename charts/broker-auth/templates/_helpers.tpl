@@ -135,6 +135,7 @@ Call with (dict "root" $ "name" "<secret>" "key" "<key>"); prints "" when the Se
 {{- define "broker-auth.redisSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "redis") }}{{- end }}
 {{- define "broker-auth.kafkaSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "kafka") }}{{- end }}
 {{- define "broker-auth.jwtSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "jwt") }}{{- end }}
+{{- define "broker-auth.mailSealSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "mail-seal") }}{{- end }}
 {{- define "broker-auth.smtpSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "smtp") }}{{- end }}
 {{- define "broker-auth.metricsCertSecretName" -}}{{ include "broker-auth.componentName" (dict "root" . "component" "metrics-tls") }}{{- end }}
 
@@ -171,6 +172,11 @@ key: {{ .Values.redis.external.existingSecret.key }}
 {{- define "broker-auth.jwtSecretRef" -}}
 name: {{ default (include "broker-auth.jwtSecretName" .) .Values.jwt.existingSecret.name }}
 key: {{ .Values.jwt.existingSecret.key }}
+{{- end }}
+
+{{- define "broker-auth.mailSealSecretRef" -}}
+name: {{ default (include "broker-auth.mailSealSecretName" .) .Values.mailSeal.existingSecret.name }}
+key: {{ .Values.mailSeal.existingSecret.key }}
 {{- end }}
 
 {{- define "broker-auth.smtpSecretRef" -}}

@@ -10,10 +10,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod record_headers;
+mod sealed;
 mod topics;
 
 pub use record_headers::{RawHeader, ReplyHeaders, RequestHeaders};
-pub use topics::{RequestKind, Topics};
+pub use sealed::{
+    MIN_SEAL_SECRET_BYTES, MailSealKey, SealError, SealedMailRequest, SealedMailTemplate,
+};
+pub use topics::{RequestKind, TopicClass, Topics};
 
 /// The version every message body carries. A consumer rejects (dead-letters) other versions.
 pub const WIRE_VERSION: u16 = 1;
@@ -121,6 +125,13 @@ pub struct UserCreation {
     pub email: String,
     pub name: String,
     pub password_hash: String,
+    /// What the request asks for, as the API saw it: a keyed digest (64 hex digits) of the email,
+    /// the name and the password. bcrypt hashes differ at every hashing, so a retry of the same
+    /// request cannot be recognised by its hash; the digest can. The directory stores it with
+    /// the request id and refuses a retry whose digest differs (`request_conflict`). Absent only
+    /// from producers that predate it; such a request is not bound to its content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
 }
 
 impl std::fmt::Debug for UserCreation {
@@ -129,6 +140,10 @@ impl std::fmt::Debug for UserCreation {
             .field("email", &self.email)
             .field("name", &self.name)
             .field("password_hash", &"<redacted>")
+            .field(
+                "request_digest",
+                &self.request_digest.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -289,11 +304,11 @@ impl DirectoryReply {
     }
 }
 
-/// A message on the mail topic. The worker tier renders and sends it; the API never talks SMTP.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A mail to send. The worker tier renders and sends it; the API never talks SMTP. It crosses
+/// Kafka only as a [`SealedMailRequest`], so it has no wire form of its own.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MailRequest {
     pub to: String,
-    #[serde(flatten)]
     pub template: MailTemplate,
 }
 
@@ -306,8 +321,7 @@ impl std::fmt::Debug for MailRequest {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "template", rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq)]
 pub enum MailTemplate {
     /// The one-time code for a new address.
     SignupCode {
@@ -381,24 +395,31 @@ mod tests {
             email: "a@b.c".into(),
             name: "A".into(),
             password_hash: "$2b$12$secret".into(),
+            request_digest: Some("ab".repeat(32)),
         };
         assert!(!format!("{creation:?}").contains("secret"));
+        assert!(!format!("{creation:?}").contains("abab"));
     }
 
     #[test]
-    fn mail_requests_are_tagged_by_template() {
-        let mail = Envelope::new(
-            Uuid::nil(),
-            MailRequest {
-                to: "a@b.c".into(),
-                template: MailTemplate::SignupCode {
-                    code: "012345".into(),
-                    expires_in_minutes: 5,
-                },
+    fn a_creation_without_a_digest_still_decodes() {
+        let bytes = br#"{"version":1,"request_id":"6f1c1d43-6b6c-4f0e-8b7e-1d1d7d8f4c11","email":"a@b.c","name":"A","password_hash":"h"}"#;
+        let decoded = DirectoryRequest::decode(RequestKind::UserCreation, bytes).unwrap();
+        let DirectoryRequest::UserCreation(creation) = decoded.body else {
+            panic!("decoded as another kind");
+        };
+        assert_eq!(creation.request_digest, None);
+    }
+
+    #[test]
+    fn mail_debug_output_never_shows_the_code() {
+        let mail = MailRequest {
+            to: "a@b.c".into(),
+            template: MailTemplate::SignupCode {
+                code: "012345".into(),
+                expires_in_minutes: 5,
             },
-        );
-        let back = Envelope::<MailRequest>::from_json(&mail.to_json()).unwrap();
-        assert_eq!(back, mail);
-        assert!(!format!("{:?}", back.body).contains("012345"));
+        };
+        assert!(!format!("{mail:?}").contains("012345"));
     }
 }

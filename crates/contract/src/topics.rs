@@ -43,6 +43,38 @@ impl RequestKind {
     }
 }
 
+/// What a topic carries, which decides how long Kafka should keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicClass {
+    /// User-directory requests (creation requests carry bcrypt hashes).
+    Request,
+    /// Replies to the API (authentication replies carry bcrypt hashes); read within seconds.
+    Reply,
+    /// Mail requests (codes, sealed); a code is worth nothing after its few minutes.
+    Mail,
+    /// Records no consumer could handle, kept for a person to look at.
+    DeadLetter,
+}
+
+impl TopicClass {
+    /// The class of a topic of any deployment, whatever its prefix, by its base name; `None`
+    /// for a topic that is not one of broker-auth's.
+    pub fn of(topic: &str) -> Option<Self> {
+        let is = |base: &str| topic.ends_with(base);
+        if RequestKind::ALL.iter().any(|k| is(k.request_topic_base())) {
+            Some(Self::Request)
+        } else if RequestKind::ALL.iter().any(|k| is(k.reply_topic_base())) {
+            Some(Self::Reply)
+        } else if is(MAIL_TOPIC) {
+            Some(Self::Mail)
+        } else if is(DEAD_LETTER_TOPIC) {
+            Some(Self::DeadLetter)
+        } else {
+            None
+        }
+    }
+}
+
 const MAIL_TOPIC: &str = "mail-outbox";
 const DEAD_LETTER_TOPIC: &str = "dead-letter";
 const DBPROC_GROUP: &str = "broker-auth-dbproc";
@@ -176,6 +208,26 @@ mod tests {
             a.request_kind_of("staging.auth.user-creation-request"),
             None
         );
+    }
+
+    #[test]
+    fn every_topic_has_its_class_whatever_the_prefix() {
+        let topics = Topics::for_deployment("prod", "auth").unwrap();
+        assert_eq!(
+            TopicClass::of(&topics.request(RequestKind::UserCreation)),
+            Some(TopicClass::Request)
+        );
+        assert_eq!(
+            TopicClass::of(&topics.reply(RequestKind::Authentication)),
+            Some(TopicClass::Reply)
+        );
+        assert_eq!(TopicClass::of(&topics.mail()), Some(TopicClass::Mail));
+        assert_eq!(
+            TopicClass::of(&topics.dead_letter()),
+            Some(TopicClass::DeadLetter)
+        );
+        assert!(topics.all().iter().all(|t| TopicClass::of(t).is_some()));
+        assert_eq!(TopicClass::of("someone-elses-topic"), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use rdkafka::types::RDKafkaErrorCode;
 
 pub use rdkafka;
 
+use broker_auth_contract::TopicClass;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kafka client error: {0}")]
@@ -46,8 +48,107 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long a producer keeps trying to deliver a record (`message.timeout.ms`).
     pub delivery_timeout: Duration,
+    /// How long the topics this process creates keep their records.
+    pub retention: TopicRetention,
     /// Extra librdkafka properties (e.g. `security.protocol`), applied last.
     pub extra: Vec<(String, String)>,
+}
+
+/// Retention of the topics broker-auth creates, by what they carry ([`TopicClass`]), so codes
+/// and bcrypt hashes do not sit in Kafka for the broker's default week or forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicRetention {
+    /// `mail-outbox` and the reply topics: a code is worth nothing after its few minutes and
+    /// a reply is awaited for seconds.
+    pub short: Duration,
+    /// The request topics: long enough to ride out a worker-tier outage (a creation that lands
+    /// late is still answered by request id).
+    pub requests: Duration,
+    /// The dead-letter topic: long enough for a person to look.
+    pub dead_letters: Duration,
+    /// `retention.bytes` of every partition, a bound on disk whatever the traffic.
+    pub bytes_per_partition: u64,
+}
+
+impl Default for TopicRetention {
+    fn default() -> Self {
+        Self {
+            short: Duration::from_secs(60 * 60),
+            requests: Duration::from_secs(24 * 60 * 60),
+            dead_letters: Duration::from_secs(7 * 24 * 60 * 60),
+            bytes_per_partition: 1 << 30,
+        }
+    }
+}
+
+/// The retention settings both binaries take (flattened into their configs), so the API and
+/// dbproc create topics alike whichever starts first.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// How long `mail-outbox` and the reply topics keep records, in milliseconds (only for
+    /// topics created when missing).
+    #[arg(long, env = "KAFKA_SHORT_RETENTION_MS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(60_000..))]
+    pub kafka_short_retention_ms: u64,
+
+    /// How long the request topics keep records, in milliseconds.
+    #[arg(long, env = "KAFKA_REQUEST_RETENTION_MS", default_value_t = 86_400_000,
+          value_parser = clap::value_parser!(u64).range(60_000..))]
+    pub kafka_request_retention_ms: u64,
+
+    /// How long the dead-letter topic keeps records, in milliseconds.
+    #[arg(long, env = "KAFKA_DEAD_LETTER_RETENTION_MS", default_value_t = 604_800_000,
+          value_parser = clap::value_parser!(u64).range(60_000..))]
+    pub kafka_dead_letter_retention_ms: u64,
+
+    /// Most bytes each partition of those topics keeps (`retention.bytes`).
+    #[arg(long, env = "KAFKA_RETENTION_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1_048_576..))]
+    pub kafka_retention_bytes: u64,
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        let retention = TopicRetention::default();
+        Self {
+            kafka_short_retention_ms: millis(retention.short),
+            kafka_request_retention_ms: millis(retention.requests),
+            kafka_dead_letter_retention_ms: millis(retention.dead_letters),
+            kafka_retention_bytes: retention.bytes_per_partition,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> TopicRetention {
+        TopicRetention {
+            short: Duration::from_millis(self.kafka_short_retention_ms),
+            requests: Duration::from_millis(self.kafka_request_retention_ms),
+            dead_letters: Duration::from_millis(self.kafka_dead_letter_retention_ms),
+            bytes_per_partition: self.kafka_retention_bytes,
+        }
+    }
+}
+
+impl TopicRetention {
+    /// The topic configs a new `topic` gets. A topic that is not one of broker-auth's (tests
+    /// create some) is kept like a request topic: bounded all the same.
+    pub fn topic_configs(&self, topic: &str) -> [(&'static str, String); 3] {
+        let retention = match TopicClass::of(topic) {
+            Some(TopicClass::Mail | TopicClass::Reply) => self.short,
+            Some(TopicClass::DeadLetter) => self.dead_letters,
+            Some(TopicClass::Request) | None => self.requests,
+        };
+        [
+            ("cleanup.policy", "delete".to_owned()),
+            ("retention.ms", retention.as_millis().to_string()),
+            ("retention.bytes", self.bytes_per_partition.to_string()),
+        ]
+    }
 }
 
 impl KafkaSettings {
@@ -58,6 +159,7 @@ impl KafkaSettings {
             topic_partitions: 3,
             replication_factor: 1,
             delivery_timeout: Duration::from_secs(10),
+            retention: TopicRetention::default(),
             extra: Vec::new(),
         }
     }
@@ -139,17 +241,25 @@ impl KafkaSettings {
     }
 }
 
-/// Creates the topics that do not exist yet with the settings' partitions and replication.
-/// Topics that already exist are left as they are.
+/// Creates the topics that do not exist yet with the settings' partitions, replication and
+/// retention ([`TopicRetention::topic_configs`]). Topics that already exist are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> Result<()> {
     let admin = settings.admin()?;
+    let configs: Vec<[(&'static str, String); 3]> = topics
+        .iter()
+        .map(|topic| settings.retention.topic_configs(topic))
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|topic| {
-            NewTopic::new(
-                topic,
-                settings.topic_partitions,
-                TopicReplication::Fixed(settings.replication_factor),
+        .zip(&configs)
+        .map(|(topic, configs)| {
+            configs.iter().fold(
+                NewTopic::new(
+                    topic,
+                    settings.topic_partitions,
+                    TopicReplication::Fixed(settings.replication_factor),
+                ),
+                |new_topic, (key, value)| new_topic.set(key, value),
             )
         })
         .collect();
@@ -243,4 +353,52 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Owned
 /// Copies every header of a consumed record, e.g. to dead-letter it with its context intact.
 pub fn copy_headers(from: Option<&BorrowedHeaders>) -> OwnedHeaders {
     from.map(|headers| headers.detach()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs(topic: &str) -> std::collections::BTreeMap<&'static str, String> {
+        TopicRetention::default()
+            .topic_configs(topic)
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn the_flags_default_to_the_default_retention() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            retention: RetentionArgs,
+        }
+        let parsed = Cli::parse_from(["test"]).retention;
+        assert_eq!(parsed.retention(), TopicRetention::default());
+        assert_eq!(
+            RetentionArgs::default().retention(),
+            TopicRetention::default()
+        );
+        let short = Cli::parse_from(["test", "--kafka-short-retention-ms", "600000"]).retention;
+        assert_eq!(short.retention().short, Duration::from_secs(600));
+        assert!(Cli::try_parse_from(["test", "--kafka-short-retention-ms", "1000"]).is_err());
+    }
+
+    #[test]
+    fn codes_and_replies_are_kept_an_hour_requests_a_day_dead_letters_a_week() {
+        let topics = broker_auth_contract::Topics::new("p.").unwrap();
+        assert_eq!(configs(&topics.mail())["retention.ms"], "3600000");
+        for reply in topics.reply_topics() {
+            assert_eq!(configs(&reply)["retention.ms"], "3600000", "{reply}");
+        }
+        for request in topics.request_topics() {
+            assert_eq!(configs(&request)["retention.ms"], "86400000", "{request}");
+        }
+        assert_eq!(configs(&topics.dead_letter())["retention.ms"], "604800000");
+        for topic in topics.all() {
+            assert_eq!(configs(&topic)["cleanup.policy"], "delete");
+            assert_eq!(configs(&topic)["retention.bytes"], "1073741824");
+        }
+    }
 }

@@ -72,7 +72,8 @@ impl UserDirectory {
     ) -> Result<Reply<broker_auth_contract::UserCreationResult>> {
         let checks = validation::check_email(&creation.email)
             .and_then(|()| validation::check_name(&creation.name))
-            .and_then(|()| validation::check_password_hash(&creation.password_hash));
+            .and_then(|()| validation::check_password_hash(&creation.password_hash))
+            .and_then(|()| validation::check_request_digest(creation.request_digest.as_deref()));
         if let Err(rejection) = checks {
             return Ok(rejected(rejection));
         }
@@ -81,6 +82,10 @@ impl UserDirectory {
             CreationOutcome::RequestIdReused => Ok(rejected(Rejection {
                 code: codes::REQUEST_ID_REUSED,
                 message: "this request id was already used for another email",
+            })),
+            CreationOutcome::ContentConflict => Ok(rejected(Rejection {
+                code: codes::REQUEST_CONFLICT,
+                message: "this request id was already used with another name or password",
             })),
         }
     }

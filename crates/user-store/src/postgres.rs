@@ -43,7 +43,7 @@ impl PostgresUserRepository {
     ) -> Result<CreationOutcome> {
         let mut tx = self.pool.begin().await?;
         if let Some(recorded) = recorded_creation(&mut tx, request_id).await? {
-            return recorded.into_outcome(&user.email);
+            return recorded.into_outcome(user);
         }
         // ON CONFLICT waits for a concurrent insert of the same email to finish and then does
         // nothing: of concurrent creations of one email exactly one gets a row back.
@@ -59,13 +59,14 @@ impl PostgresUserRepository {
         .await?;
         let (outcome, user_id, result) = creation_result(inserted);
         sqlx::query(
-            "INSERT INTO user_creation_requests (request_id, email, outcome, user_id) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO user_creation_requests \
+             (request_id, email, outcome, user_id, request_digest) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(request_id)
         .bind(&user.email)
         .bind(outcome)
         .bind(user_id)
+        .bind(&user.request_digest)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -78,7 +79,7 @@ async fn recorded_creation(
     request_id: Uuid,
 ) -> Result<Option<RecordedCreation>, sqlx::Error> {
     sqlx::query_as::<_, RecordedCreation>(
-        "SELECT r.email, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
+        "SELECT r.email, r.request_digest, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
          FROM user_creation_requests r LEFT JOIN users u ON u.id = r.user_id \
          WHERE r.request_id = $1",
     )

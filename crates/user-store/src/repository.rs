@@ -13,6 +13,10 @@ pub enum CreationOutcome {
     /// The request id was already used by a request for another email: a client bug, never
     /// answered with someone else's outcome.
     RequestIdReused,
+    /// The request id was already used for this email with other content (another request
+    /// digest: a retry with another password or name). The first request's outcome stands and
+    /// is not handed to the second.
+    ContentConflict,
 }
 
 /// Where the users live. Emails given to it are already normalized and validated.
@@ -39,6 +43,7 @@ pub trait UserRepository: Send + Sync + 'static {
 #[derive(sqlx::FromRow)]
 pub(crate) struct RecordedCreation {
     pub email: String,
+    pub request_digest: Option<String>,
     pub outcome: String,
     pub user_id: Option<Uuid>,
     pub user_email: Option<String>,
@@ -70,12 +75,19 @@ pub(crate) fn creation_result(
 }
 
 impl RecordedCreation {
-    /// The answer a redelivery of the recorded request gets when it asks for `email`.
-    pub(crate) fn into_outcome(self, email: &str) -> Result<CreationOutcome> {
+    /// The answer a redelivery of the recorded request gets when it asks for `creation`.
+    /// Digests are compared when both requests carry one; a request from a producer that
+    /// predates digests is bound by its email only.
+    pub(crate) fn into_outcome(self, creation: &UserCreation) -> Result<CreationOutcome> {
         use broker_auth_contract::User;
 
-        if self.email != email {
+        if self.email != creation.email {
             return Ok(CreationOutcome::RequestIdReused);
+        }
+        if let (Some(recorded), Some(asked)) = (&self.request_digest, &creation.request_digest)
+            && recorded != asked
+        {
+            return Ok(CreationOutcome::ContentConflict);
         }
         let result = match (
             self.outcome.as_str(),

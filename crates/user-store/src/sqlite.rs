@@ -65,7 +65,7 @@ async fn recorded_creation(
     request_id: Uuid,
 ) -> Result<Option<RecordedCreation>, sqlx::Error> {
     sqlx::query_as::<_, RecordedCreation>(
-        "SELECT r.email, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
+        "SELECT r.email, r.request_digest, r.outcome, u.id AS user_id, u.email AS user_email, u.name AS user_name \
          FROM user_creation_requests r LEFT JOIN users u ON u.id = r.user_id \
          WHERE r.request_id = ?1",
     )
@@ -112,7 +112,7 @@ impl UserRepository for SqliteUserRepository {
         // creations run one after the other instead of failing to upgrade a read snapshot.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(recorded) = recorded_creation(&mut tx, request_id).await? {
-            return recorded.into_outcome(&user.email);
+            return recorded.into_outcome(user);
         }
         let inserted: Option<(Uuid, String, String)> = sqlx::query_as(
             "INSERT INTO users (id, email, name, password_hash) VALUES (?1, ?2, ?3, ?4) \
@@ -126,13 +126,14 @@ impl UserRepository for SqliteUserRepository {
         .await?;
         let (outcome, user_id, result) = creation_result(inserted);
         sqlx::query(
-            "INSERT INTO user_creation_requests (request_id, email, outcome, user_id) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO user_creation_requests \
+             (request_id, email, outcome, user_id, request_digest) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .bind(request_id)
         .bind(&user.email)
         .bind(outcome)
         .bind(user_id)
+        .bind(&user.request_digest)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

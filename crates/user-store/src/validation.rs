@@ -12,6 +12,11 @@ pub mod codes {
     pub const INVALID_PASSWORD_HASH: &str = "invalid_password_hash";
     /// The creation request id was used before for another email.
     pub const REQUEST_ID_REUSED: &str = "request_id_reused";
+    /// The creation request id was used before for the same email with another name or
+    /// password (another request digest): the first request's account stands, unchanged.
+    pub const REQUEST_CONFLICT: &str = "request_conflict";
+    /// The request digest is not 64 lowercase hex digits.
+    pub const INVALID_REQUEST_DIGEST: &str = "invalid_request_digest";
 }
 
 /// Longest address SMTP can carry (RFC 5321 path limit minus the angle brackets).
@@ -107,6 +112,24 @@ pub fn check_name(name: &str) -> Result<(), Rejection> {
         ));
     }
     Ok(())
+}
+
+/// Accepts a request digest of 64 lowercase hex digits (a SHA-256 HMAC), or none.
+pub fn check_request_digest(digest: Option<&str>) -> Result<(), Rejection> {
+    match digest {
+        Some(digest)
+            if digest.len() != 64
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Err(reject(
+                codes::INVALID_REQUEST_DIGEST,
+                "the request digest is not 64 lowercase hex digits",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Accepts a modular-crypt bcrypt hash: `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost from

@@ -82,11 +82,19 @@ async fn sqlite_file() -> Fixture {
     }
 }
 
+/// The digest the API would send for the default content of [`creation`].
+const DIGEST: &str = "5f0c6f1b4a2e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c";
+
 fn creation(email: &str) -> DirectoryRequest {
+    creation_with_digest(email, Some(DIGEST))
+}
+
+fn creation_with_digest(email: &str, digest: Option<&str>) -> DirectoryRequest {
     DirectoryRequest::UserCreation(UserCreation {
         email: email.into(),
         name: "Ada Lovelace".into(),
         password_hash: HASH.into(),
+        request_digest: digest.map(str::to_owned),
     })
 }
 
@@ -250,6 +258,70 @@ async fn a_request_id_reused_for_another_email_is_rejected(fixture: Fixture) {
     );
 }
 
+async fn a_retry_with_other_content_under_one_request_id_is_refused(fixture: Fixture) {
+    let directory = fixture.directory;
+    let request_id = Uuid::new_v4();
+    let first = directory
+        .handle(request_id, creation("ada@example.com"))
+        .await
+        .unwrap();
+    let user = created_user(&first).unwrap().clone();
+
+    // Same request id and email, another password or name: another digest.
+    let other_digest = "0".repeat(64);
+    let conflicting = directory
+        .handle(
+            request_id,
+            creation_with_digest("ada@example.com", Some(&other_digest)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&conflicting), Some(codes::REQUEST_CONFLICT));
+
+    // The refusal changed nothing: the honest retry still gets the first answer, and the
+    // account keeps the first request's content.
+    let honest = directory
+        .handle(request_id, creation("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(honest, first);
+    let credentials = directory
+        .handle(Uuid::new_v4(), authentication("ada@example.com"))
+        .await
+        .unwrap();
+    let DirectoryReply::Authentication(Reply::Ok {
+        result: AuthenticationResult {
+            account: Some(account),
+        },
+    }) = credentials
+    else {
+        panic!("no account: {credentials:?}");
+    };
+    assert_eq!(account.user, user);
+
+    // A request from a producer without digests is bound by its email only.
+    let legacy = directory
+        .handle(request_id, creation_with_digest("ada@example.com", None))
+        .await
+        .unwrap();
+    assert_eq!(legacy, first);
+}
+
+async fn a_request_recorded_without_a_digest_accepts_any_retry_of_its_email(fixture: Fixture) {
+    let directory = fixture.directory;
+    let request_id = Uuid::new_v4();
+    let first = directory
+        .handle(request_id, creation_with_digest("ada@example.com", None))
+        .await
+        .unwrap();
+    assert!(created_user(&first).is_some());
+    let retry = directory
+        .handle(request_id, creation("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+}
+
 async fn concurrent_creations_of_one_email_make_exactly_one_user(fixture: Fixture) {
     let directory = fixture.directory;
     let attempts = (0..12).map(|_| {
@@ -310,6 +382,7 @@ async fn invalid_requests_are_rejected_and_store_nothing(fixture: Fixture) {
                 email: "ada@example.com".into(),
                 name: "   ".into(),
                 password_hash: HASH.into(),
+                request_digest: None,
             }),
             codes::INVALID_NAME,
         ),
@@ -318,8 +391,17 @@ async fn invalid_requests_are_rejected_and_store_nothing(fixture: Fixture) {
                 email: "ada@example.com".into(),
                 name: "Ada".into(),
                 password_hash: "plain text password".into(),
+                request_digest: None,
             }),
             codes::INVALID_PASSWORD_HASH,
+        ),
+        (
+            creation_with_digest("ada@example.com", Some("not hex")),
+            codes::INVALID_REQUEST_DIGEST,
+        ),
+        (
+            creation_with_digest("ada@example.com", Some(&DIGEST.to_uppercase())),
+            codes::INVALID_REQUEST_DIGEST,
         ),
     ];
     for (request, code) in cases {
@@ -374,6 +456,8 @@ for_each_backend!(
     a_second_creation_of_an_email_says_it_already_exists,
     a_redelivered_creation_gets_the_identical_reply,
     a_request_id_reused_for_another_email_is_rejected,
+    a_retry_with_other_content_under_one_request_id_is_refused,
+    a_request_recorded_without_a_digest_accepts_any_retry_of_its_email,
     concurrent_creations_of_one_email_make_exactly_one_user,
     concurrent_deliveries_of_one_request_get_one_answer,
     invalid_requests_are_rejected_and_store_nothing,

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use broker_auth_contract::{Envelope, RequestKind, Topics, headers};
+use broker_auth_contract::{
+    Envelope, MailRequest, MailSealKey, MailTemplate, RequestKind, Topics, headers,
+};
 use broker_auth_dbproc::{App, Config};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
+/// The `MAIL_SEAL_KEY` of every harness's dbproc.
+pub const MAIL_SEAL_KEY: &str = "harness-mail-seal-key-harness-mail-seal-key";
 pub const HASH: &str = "$2b$04$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
 
 /// A record read back from Kafka.
@@ -218,6 +222,7 @@ impl Harness {
             kafka_topic_prefix: self.topics.clone(),
             kafka_topic_partitions: PARTITIONS,
             kafka_replication_factor: 1,
+            kafka_retention: broker_auth_kafka::RetentionArgs::default(),
             kafka_fetch_wait_ms: 10,
             database_url: SecretString::from(self.database.url_through(self.database_proxy.addr())),
             database_max_connections: 4,
@@ -226,6 +231,7 @@ impl Harness {
             mail_max_attempts: mail.max_attempts,
             mail_retry_initial_ms: mail.retry_initial_ms,
             mail_retry_max_ms: mail.retry_max_ms,
+            mail_seal_key: SecretString::from(MAIL_SEAL_KEY),
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
         }
     }
@@ -365,11 +371,35 @@ impl Harness {
         correlation_id
     }
 
-    /// Sends a mail request to the mail topic.
+    /// Sends a mail request to the mail topic, its code sealed as the API seals it.
+    /// `template` is `{"template": "account_exists"}` or
+    /// `{"template": "signup_code", "code": …, "expires_in_minutes": …}`.
     pub async fn mail(&self, to: &str, template: Value) {
-        let mut body = template;
-        body["to"] = Value::from(to);
-        let payload = serde_json::to_vec(&Envelope::new(Uuid::new_v4(), body)).unwrap();
+        self.mail_sealed_with(MAIL_SEAL_KEY, to, template).await;
+    }
+
+    /// [`Harness::mail`] with the code sealed under another `MAIL_SEAL_KEY`.
+    pub async fn mail_sealed_with(&self, seal_key: &str, to: &str, template: Value) {
+        let template = match template["template"].as_str() {
+            Some("signup_code") => MailTemplate::SignupCode {
+                code: template["code"].as_str().unwrap().to_owned(),
+                expires_in_minutes: template["expires_in_minutes"]
+                    .as_u64()
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            },
+            Some("account_exists") => MailTemplate::AccountExists,
+            other => panic!("no such mail template: {other:?}"),
+        };
+        let mail = MailRequest {
+            to: to.to_owned(),
+            template,
+        };
+        let sealed = MailSealKey::from_secret(seal_key.as_bytes())
+            .unwrap()
+            .seal(mail);
+        let payload = Envelope::new(Uuid::new_v4(), sealed).to_json();
         self.produce(&self.topics.mail(), to, &payload, &[]).await;
     }
 

@@ -305,7 +305,7 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
         .filter(|r| r.path.contains("/secrets/"))
         .map(|r| r.path.as_str())
         .collect();
-    assert_eq!(secret_gets.len(), 4);
+    assert_eq!(secret_gets.len(), 5);
     // The KEDA ScaledObject of the other provider is looked for (to be removed if this
     // BrokerAuth owns one); there is none, so nothing is deleted.
     assert!(
@@ -419,6 +419,56 @@ async fn a_brokerauth_stored_without_mail_from_is_stalled_instead_of_crash_loopi
         stalled["message"],
         "dbproc.mailFrom is required: dbproc does not start without a sender address (MAIL_FROM)"
     );
+}
+
+#[tokio::test]
+async fn a_brokerauth_stored_without_a_mail_seal_key_is_stalled_instead_of_crash_looping_both_tiers()
+ {
+    // The schema requires mailSealKey, but objects stored before it did are not re-validated.
+    let mut brokerauth = sample_brokerauth();
+    brokerauth.spec.secrets.mail_seal_key = None;
+    let (requests, calls) = reconcile_once(
+        ApiServer {
+            brokerauth,
+            missing_secrets: false,
+            rejected_kind: None,
+            deployments_terminating: false,
+        },
+        Arc::new(FakeKafka::default()),
+    )
+    .await;
+    assert!(calls.is_empty(), "Kafka was touched: {calls:?}");
+    let patches: Vec<&Recorded> = requests.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(patches.len(), 1, "only the status is written");
+    let stalled = patches[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()
+        .clone();
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("secrets.mailSealKey is required"),
+        "{stalled}"
+    );
+}
+
+#[test]
+fn topics_are_created_with_the_retention_of_the_spec() {
+    let mut brokerauth = sample_brokerauth();
+    let defaults = reconcile::kafka_settings(&brokerauth).retention;
+    assert_eq!(defaults, broker_auth_kafka::TopicRetention::default());
+    brokerauth.spec.kafka.retention.short_ms = 600_000;
+    brokerauth.spec.kafka.retention.bytes_per_partition = 64 << 20;
+    let retention = reconcile::kafka_settings(&brokerauth).retention;
+    assert_eq!(retention.short, std::time::Duration::from_secs(600));
+    assert_eq!(retention.bytes_per_partition, 64 << 20);
+    assert_eq!(retention.requests, defaults.requests);
+    assert_eq!(retention.dead_letters, defaults.dead_letters);
 }
 
 #[tokio::test]

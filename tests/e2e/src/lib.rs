@@ -25,6 +25,9 @@ pub enum Mode {
 /// How long a test waits for something that should happen quickly.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The `MAIL_SEAL_KEY` the API and dbproc of every distributed test share.
+pub const MAIL_SEAL_KEY: &str = "e2e-mail-seal-key-e2e-mail-seal-key-e2e";
+
 /// The reply deadline the API gets in tests: short, so "dbproc is down" answers fast.
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(2000);
 
@@ -254,6 +257,8 @@ impl TestEnv {
                     &self.prefix,
                     "--jwt-secret",
                     "e2e-secret-e2e-secret-e2e-secret-e2e",
+                    "--mail-seal-key",
+                    MAIL_SEAL_KEY,
                 ]
                 .map(str::to_owned)
                 .to_vec(),
@@ -301,6 +306,8 @@ impl TestEnv {
             &self.smtp.url(),
             "--mail-from",
             "broker-auth <no-reply@broker.test>",
+            "--mail-seal-key",
+            MAIL_SEAL_KEY,
             "--metrics-listen",
             "127.0.0.1:0",
         ];

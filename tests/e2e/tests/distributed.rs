@@ -235,3 +235,86 @@ async fn a_full_redis_that_refuses_writes_gets_503_with_retry_after_not_a_500() 
         .unwrap();
     assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mail_topic_holds_no_usable_code_yet_dbproc_mails_the_right_one() {
+    let env = TestEnv::start(Mode::Distributed).await;
+    let topics = Topics::new(env.prefix.clone()).expect("a valid prefix");
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    // The raw record, as anyone who can read the topic (or the broker's disk) sees it.
+    let settings = KafkaSettings::new(services::kafka_brokers());
+    let consumer: StreamConsumer = settings
+        .group_consumer(&format!("{}mail-dump", env.prefix))
+        .expect("a consumer");
+    consumer.subscribe(&[&topics.mail()]).expect("subscribe");
+    let payload = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let record = consumer.recv().await.expect("a record");
+            if record.key() == Some(email.as_bytes()) {
+                break record.payload().unwrap_or_default().to_vec();
+            }
+        }
+    })
+    .await
+    .expect("the mail record within the deadline");
+    let raw = String::from_utf8_lossy(&payload);
+    assert!(
+        !raw.contains(&code),
+        "the code is readable in the topic: {raw}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&payload).expect("a JSON body");
+    assert_eq!(body["template"], "signup_code");
+    assert!(body.get("code").is_none(), "{body}");
+    assert!(
+        body["sealed_code"].as_str().is_some_and(|s| s.len() > 40),
+        "{body}"
+    );
+
+    // What dbproc opened and mailed is the code the API issued.
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Sealed").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_another_password_after_a_lost_reply_is_refused_and_the_first_stands() {
+    let mut env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    // The creation request is queued in Kafka, but its reply never comes in time: 503, and the
+    // code is given back.
+    env.dbproc.take().expect("dbproc runs").stop().await;
+    let (status, body) = client.verify(&email, &code, PASSWORD, "First").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    env.dbproc = Some(env.spawn_dbproc().await);
+
+    // The first request lands when dbproc is back; the retry under the same request id with
+    // another password must not be answered "created" with the first one's account.
+    let other_password = "a different passphrase";
+    let (status, body) = client.verify(&email, &code, other_password, "First").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "request_conflict", "{body}");
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Second").await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "another name conflicts too: {body}"
+    );
+
+    // The honest retry still works, and the account has the first password only.
+    let (status, body) = client.verify(&email, &code, PASSWORD, "First").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"]["name"], "First");
+    let fresh = Client::new(env.api());
+    assert_eq!(
+        fresh.signin(&email, other_password).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(fresh.signin(&email, PASSWORD).await.0, StatusCode::OK);
+}

@@ -36,6 +36,7 @@ in_both_modes!(
     bad_input_gets_clear_errors_and_never_a_5xx,
     repeated_failed_signins_are_rate_limited,
     a_second_signup_within_the_cooldown_is_refused_with_retry_after,
+    a_common_password_is_refused_on_its_field_and_the_code_still_works,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -93,6 +94,27 @@ async fn a_wrong_code_is_refused_and_the_right_one_still_works(mode: Mode) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "invalid_code");
 
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn a_common_password_is_refused_on_its_field_and_the_code_still_works(mode: Mode) {
+    let env = TestEnv::start(mode).await;
+    let email = env.new_email();
+    let client = Client::new(env.api());
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    for common in ["password123", "Iloveyou1", "qwertyuiop"] {
+        let (status, body) = client.verify(&email, &code, common, "Ada").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{common}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+        let message = body["error"]["fields"]["password"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("common"), "{common}: {body}");
+    }
+    // Refused before the code was looked at: it is still good.
     let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
