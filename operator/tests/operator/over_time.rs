@@ -129,6 +129,7 @@ pub fn seed(api: &FakeApi) -> Key {
         "broker-auth-redis",
         "broker-auth-smtp",
         "broker-auth-jwt",
+        "broker-auth-mail-seal",
     ] {
         api.insert(
             SECRETS,
