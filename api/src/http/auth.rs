@@ -232,7 +232,7 @@ pub struct UserBody {
         (status = 201, description = "The account exists and the session has started.", body = UserBody, headers(("Set-Cookie" = String, description = "The session cookie."))),
         (status = 400, description = "`malformed_json`: the body is not a JSON object; or `invalid_code`: the code is wrong, expired or used up.", body = ErrorBody),
         (status = 403, response = CrossSite),
-        (status = 409, description = "`account_exists`: the address already has an account.", body = ErrorBody),
+        (status = 409, description = "`account_exists`: the address already has an account. `request_conflict`: this code already created the account with another name or password; send the first ones again, or sign in.", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
