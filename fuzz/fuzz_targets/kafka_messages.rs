@@ -1,5 +1,6 @@
 //! Every message body of the Kafka contract: the request of each kind as dbproc decodes it, the
-//! reply of each kind as the API decodes it, and the mail request as the mailer decodes it.
+//! reply of each kind as the API decodes it, and the sealed mail request as the mailer decodes
+//! and opens it.
 //!
 //! Input: one selector byte, then the record's payload. Nothing may panic, and whatever decodes
 //! must survive encode∘decode unchanged (the producers encode with the same types).
@@ -8,7 +9,7 @@
 
 use broker_auth_contract::{
     Authenticate, CheckExistence, CreateUser, DirectoryRequest, DirectoryRpc, Envelope,
-    MailRequest, Reply, RequestKind,
+    MailSealKey, Reply, RequestKind, SealedMailRequest,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -25,9 +26,24 @@ fuzz_target!(|data: &[u8]| {
     } else if selector < 2 * kinds {
         reply(RequestKind::ALL[selector - kinds], payload);
     } else {
-        round_trips::<MailRequest>(payload);
+        mail(payload);
     }
 });
+
+/// The mailer's decoder, then opening the code: a sealed code that does not open (forged,
+/// truncated, another recipient) is an error, never a panic; one that opens seals and opens
+/// again to the same mail.
+fn mail(payload: &[u8]) {
+    round_trips::<SealedMailRequest>(payload);
+    let Ok(decoded) = Envelope::<SealedMailRequest>::from_json(payload) else {
+        return;
+    };
+    let key = MailSealKey::from_secret(&[7u8; 32]).expect("a 32-byte secret");
+    if let Ok(opened) = key.open(decoded.body) {
+        let again = key.open(key.seal(opened.clone())).expect("a mail sealed here opens");
+        assert_eq!(again, opened);
+    }
+}
 
 /// dbproc's decoder, then the API's encoder for the same body type.
 fn request(kind: RequestKind, payload: &[u8]) {

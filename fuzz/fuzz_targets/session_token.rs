@@ -1,14 +1,15 @@
 //! Where a session token is read from: the `Cookie` headers and `Authorization: Bearer`.
 //!
 //! Input: header values separated by newlines; the first byte of each says which header it is
-//! (even: `Cookie`, odd: `Authorization`). Nothing may panic; a token found is non-empty, comes
-//! from a header of the place it was read from, and is found again when sent alone there.
+//! (even: `Cookie`, odd: `Authorization`). Both cookie modes are tried: plain (`ba_session`) and
+//! Secure (`__Host-ba_session` only). Nothing may panic; a token found is non-empty, comes from a
+//! header of the place it was read from, and is found again when sent alone there.
 
 #![no_main]
 
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderMap, HeaderValue};
-use broker_auth_api::cookie::{SESSION_COOKIE, session_token};
+use broker_auth_api::cookie::{SECURE_SESSION_COOKIE, SESSION_COOKIE, session_token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,7 +25,13 @@ fuzz_target!(|data: &[u8]| {
         headers.append(name, value);
     }
 
-    let Some(token) = session_token(&headers) else {
+    for secure in [false, true] {
+        check(&headers, secure);
+    }
+});
+
+fn check(headers: &HeaderMap, secure: bool) {
+    let Some(token) = session_token(headers, secure) else {
         return;
     };
     assert!(!token.is_empty());
@@ -34,9 +41,14 @@ fuzz_target!(|data: &[u8]| {
     for value in headers.get_all(COOKIE) {
         cookies.append(COOKIE, value.clone());
     }
-    let from_cookie = session_token(&cookies).is_some();
+    let from_cookie = session_token(&cookies, secure).is_some();
     let (name, sent_alone) = if from_cookie {
-        (COOKIE, format!("{SESSION_COOKIE}={token}"))
+        let cookie_name = if secure {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        };
+        (COOKIE, format!("{cookie_name}={token}"))
     } else {
         (AUTHORIZATION, format!("Bearer {token}"))
     };
@@ -53,8 +65,8 @@ fuzz_target!(|data: &[u8]| {
     let value =
         HeaderValue::from_str(&sent_alone).expect("a token read from a header is a valid value");
     alone.insert(name, value);
-    assert_eq!(session_token(&alone), Some(token));
-});
+    assert_eq!(session_token(&alone, secure), Some(token));
+}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
