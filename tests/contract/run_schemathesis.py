@@ -226,8 +226,12 @@ def api_settings(port: int, smtp: SmtpSink) -> dict[str, str]:
         # schemathesis is one client sending thousands of requests a minute.
         "RATE_LIMIT_PER_MINUTE": "1000000",
         "SIGNUP_RESEND_COOLDOWN_SECS": "0",
+        "SIGNIN_RATE_LIMIT_PER_MINUTE": "1000000",
+        "VERIFY_RATE_LIMIT_PER_MINUTE": "1000000",
         "SIGNIN_MAX_FAILURES": "1000",
         "VERIFY_MAX_FAILURES": "1000",
+        "SIGNIN_MAX_FAILURES_PER_ADDRESS": "1000",
+        "VERIFY_MAX_FAILURES_PER_ADDRESS": "1000",
         "SMTP_URL": f"smtp://127.0.0.1:{smtp.server_address[1]}",
         "MAIL_FROM": "broker-auth <no-reply@broker.test>",
         "RUST_LOG": "warn",
@@ -264,6 +268,8 @@ def run_mode(mode: str, examples: int, work: Path) -> tuple[int, int]:
             database_url = stack.enter_context(database())
             shared = {
                 "KAFKA_BROKERS": KAFKA_BROKERS,
+                # The key api and dbproc share to seal and open the codes in the mail topic.
+                "MAIL_SEAL_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
                 "KAFKA_TOPIC_PREFIX": prefix,
                 "KAFKA_TOPIC_PARTITIONS": "2",
             }

@@ -203,11 +203,14 @@ pub struct VerifyRequest {
     /// The six digits from the mail (surrounding spaces are ignored).
     #[schema(default, value_type = String, pattern = "^[0-9]{6}$", required = true, example = "012345")]
     otp: Text,
-    /// 8 to 128 characters, counted as characters; used whole (never truncated).
-    #[schema(default, value_type = String, min_length = 8, max_length = 128, format = Password, required = true)]
+    /// 8 to 128 characters, counted as characters; used whole (never truncated). One of the
+    /// ~200,000 most common passwords is refused with 422 (a list no schema can carry).
+    #[schema(default, value_type = String, min_length = 8, max_length = 128, format = Password, required = true, example = "plum kettle orbit 42")]
     password: Text,
     /// Shown to the user; trimmed, not blank, at most 200 characters, no control characters (the
     /// pattern: some character that is neither a space nor a control, and no control at all).
+    /// Unicode format characters (bidi controls, zero-width characters) and unassigned code
+    /// points are refused with 422 too; the pattern cannot name those classes portably.
     #[schema(default, value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = true, example = "Ada Lovelace")]
     name: Text,
 }
