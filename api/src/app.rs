@@ -10,7 +10,9 @@ use axum::Router;
 use broker_auth_contract::{MailSealKey, Topics};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_mail::{LogMailer, Mailbox, Mailer, SmtpMailer};
-use broker_auth_user_store::{SqliteUserRepository, UserDirectory, UserRepository};
+use broker_auth_user_store::{
+    RequestRecords, SqliteUserRepository, UserDirectory, UserRepository, prune_periodically,
+};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -86,7 +88,7 @@ impl App {
         let background = CancellationToken::new();
         let backends = match &config.kafka_brokers {
             Some(brokers) => distributed(&config, brokers, background.clone()).await?,
-            None => embedded(&config).await?,
+            None => embedded(&config, background.clone()).await?,
         };
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
@@ -268,11 +270,17 @@ async fn distributed(
     })
 }
 
-async fn embedded(config: &Config) -> Result<Backends, StartError> {
+async fn embedded(config: &Config, background: CancellationToken) -> Result<Backends, StartError> {
     let database_url = sqlite_url(config.database_url.expose_secret());
-    let repository = SqliteUserRepository::connect(&database_url).await?;
+    let repository = Arc::new(SqliteUserRepository::connect(&database_url).await?);
     repository.migrate().await?;
-    let directory = UserDirectory::new(Arc::new(repository));
+    let records: Arc<dyn RequestRecords> = repository.clone();
+    tokio::spawn(prune_periodically(
+        records.clone(),
+        Duration::from_secs(config.record_retention_secs),
+        background.clone().cancelled_owned(),
+    ));
+    let directory = UserDirectory::new(repository);
 
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
         Some(url) => {
@@ -306,7 +314,12 @@ async fn embedded(config: &Config) -> Result<Backends, StartError> {
     Ok(Backends {
         store,
         directory: Directory::new(Arc::new(InProcessTransport::new(directory))),
-        outbox: Arc::new(InProcessOutbox::new(mailer)),
+        outbox: Arc::new(InProcessOutbox::start(
+            mailer,
+            records,
+            usize::try_from(config.mail_queue_capacity).unwrap_or(usize::MAX),
+            background,
+        )),
         secret,
         snapshot,
     })

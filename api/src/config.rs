@@ -85,6 +85,16 @@ pub struct Config {
     )]
     pub mail_from: String,
 
+    /// Embedded mode only: most mails waiting to be sent. When SMTP is slower than signups
+    /// arrive, signup answers 503 with Retry-After instead of queueing more.
+    #[arg(long, env = "MAIL_QUEUE_CAPACITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub mail_queue_capacity: u32,
+
+    /// Embedded mode only: how long request records (handled user creations, sent mail) are
+    /// kept in SQLite, in seconds; older ones are pruned. Default: 7 days.
+    #[arg(long, env = "RECORD_RETENTION_SECS", default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..))]
+    pub record_retention_secs: u64,
+
     /// HMAC key for session tokens and code hashes, at least 32 bytes. Required with Kafka;
     /// in embedded mode one is generated and kept beside the database.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]

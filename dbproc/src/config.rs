@@ -107,6 +107,21 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub kafka_fetch_wait_ms: u32,
 
+    /// This replica's static consumer-group membership (`group.instance.id`), unique per
+    /// replica: restarted with the same id, a replica takes its partitions back without a
+    /// rebalance. Unset: the pod name (POD_NAME, then HOSTNAME). Empty: dynamic membership.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub kafka_group_instance_id: Option<String>,
+
+    /// How both consumer groups assign partitions (`partition.assignment.strategy`).
+    /// `cooperative-sticky` moves only the partitions that change owner; `range` and
+    /// `roundrobin` stop the whole group at every rebalance. tansu (0.6) does not start a new
+    /// generation when a static member's subscription changes, which stalls cooperative
+    /// rebalances: there, use `range` with static membership.
+    #[arg(long, env = "KAFKA_ASSIGNMENT_STRATEGY", default_value = "cooperative-sticky",
+          value_parser = ["cooperative-sticky", "range", "roundrobin"])]
+    pub kafka_assignment_strategy: String,
+
     /// Postgres URL of the user directory, e.g. `postgres://user:pass@host/db` (secret).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     pub database_url: SecretString,
@@ -146,6 +161,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub mail_retry_max_ms: u64,
 
+    /// How long the records that make redelivery harmless (handled user-creation requests,
+    /// sent mail) are kept, in seconds; older ones are pruned. Must exceed how long a request
+    /// can wait in Kafka. Default: 7 days.
+    #[arg(long, env = "RECORD_RETENTION_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub record_retention_secs: u64,
+
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints (port 0 picks a free one).
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
@@ -173,6 +195,15 @@ impl Config {
         settings
     }
 
+    /// The `group.instance.id` of both consumers (they are in different groups), if any: the
+    /// setting, else the pod name from `POD_NAME` or `HOSTNAME`; an empty setting turns static
+    /// membership off.
+    pub fn group_instance_id(&self) -> Option<String> {
+        resolve_instance_id(self.kafka_group_instance_id.as_deref(), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
     /// The longest one mail can be held: every attempt timing out plus every backoff between
     /// attempts.
     pub fn mail_worst_case_hold(&self) -> Duration {
@@ -184,6 +215,9 @@ impl Config {
     /// Checks what single settings cannot: a mail held longer than Kafka lets a consumer go
     /// without polling would cost the mail consumer its partitions and get the mail sent twice.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(id) = self.group_instance_id() {
+            check_instance_id(&id)?;
+        }
         let hold = self.mail_worst_case_hold();
         let limit = Duration::from_millis(crate::consumer::MAX_POLL_INTERVAL_MS);
         if hold >= limit {
@@ -206,12 +240,45 @@ impl Config {
             .map_err(|e| format!("MAIL_SEAL_KEY: {e}"))
     }
 
+    pub fn record_retention(&self) -> Duration {
+        Duration::from_secs(self.record_retention_secs)
+    }
+
     pub fn mail_retry(&self) -> crate::backoff::Backoff {
         crate::backoff::Backoff::new(
             Duration::from_millis(self.mail_retry_initial_ms),
             Duration::from_millis(self.mail_retry_max_ms.max(self.mail_retry_initial_ms)),
         )
     }
+}
+
+fn resolve_instance_id(
+    setting: Option<&str>,
+    environment: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    match setting.map(str::trim) {
+        Some("") => None,
+        Some(id) => Some(id.to_owned()),
+        None => ["POD_NAME", "HOSTNAME"]
+            .into_iter()
+            .filter_map(environment)
+            .map(|name| name.trim().to_owned())
+            .find(|name| !name.is_empty()),
+    }
+}
+
+/// Kafka takes what it takes for topic names: ASCII letters, digits, `.`, `_`, `-`, at most 249.
+fn check_instance_id(id: &str) -> Result<(), String> {
+    let legal = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !legal || id.len() > 249 {
+        return Err(format!(
+            "KAFKA_GROUP_INSTANCE_ID (or the POD_NAME/HOSTNAME it defaults to) {id:?} is not a valid \
+             group.instance.id: use at most 249 ASCII letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_topics(prefix: &str) -> Result<Topics, String> {
@@ -345,6 +412,41 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_id_comes_from_the_setting_then_the_pod_name() {
+        let pod = |name: &str| match name {
+            "POD_NAME" => Some("dbproc-7d9f-abcde".to_owned()),
+            "HOSTNAME" => Some("host".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            resolve_instance_id(Some("dbproc-0"), pod).as_deref(),
+            Some("dbproc-0")
+        );
+        assert_eq!(
+            resolve_instance_id(None, pod).as_deref(),
+            Some("dbproc-7d9f-abcde")
+        );
+        let host_only = |name: &str| (name == "HOSTNAME").then(|| "host".to_owned());
+        assert_eq!(
+            resolve_instance_id(None, host_only).as_deref(),
+            Some("host")
+        );
+        assert_eq!(resolve_instance_id(Some(""), pod), None);
+        assert_eq!(resolve_instance_id(None, |_| None), None);
+    }
+
+    #[test]
+    fn an_illegal_instance_id_is_refused_at_start() {
+        let mut args = REQUIRED.to_vec();
+        args.push("--kafka-group-instance-id=has space");
+        let Command::Serve(config) = parse(&args).unwrap().command else {
+            panic!("expected serve");
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("KAFKA_GROUP_INSTANCE_ID"), "{error}");
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let Command::Serve(config) = parse(&REQUIRED).unwrap().command else {
             panic!("expected serve");
@@ -374,12 +476,15 @@ mod tests {
             "KAFKA_TOPIC_PARTITIONS",
             "KAFKA_REPLICATION_FACTOR",
             "KAFKA_FETCH_WAIT_MS",
+            "KAFKA_GROUP_INSTANCE_ID",
+            "KAFKA_ASSIGNMENT_STRATEGY",
             "DATABASE_URL",
             "DATABASE_MAX_CONNECTIONS",
             "SMTP_URL",
             "MAIL_FROM",
             "MAIL_SEAL_KEY",
             "MAIL_MAX_ATTEMPTS",
+            "RECORD_RETENTION_SECS",
             "METRICS_LISTEN",
         ] {
             assert!(help.contains(env), "{env} missing from --help");

@@ -1,20 +1,23 @@
 //! The two group consumers: how they are configured, what they report about their group
 //! membership, and how their offsets are committed.
 //!
-//! Offsets move only through [`commit`], called after a record's effect is durable. librdkafka
-//! hands a revocation to the application only inside a poll, and the workers poll only between
-//! records, so a partition cannot be taken away while its record is in hand — except when the
-//! worker holds one record past `max.poll.interval.ms` and librdkafka leaves the group. Then the
-//! late commit carries a stale generation and the coordinator refuses it; [`MembershipContext`]
-//! counts that refusal and the record is redelivered to the partition's new owner.
+//! Offsets move only through [`commit`], called after a record's effect is durable.
 //!
-//! The flip side: a worker retrying one record (database down) does not serve rebalances, so
-//! with the default eager protocol a scale event waits for it — up to `max.poll.interval.ms` —
-//! while the other members sit without partitions. `dbproc_consumer_retrying_records` shows
-//! when that is the case.
+//! Group membership is built to recover in seconds: static membership (`group.instance.id`, from
+//! the pod name) lets a restarted replica take its partitions back without a rebalance, the
+//! session timeout is seconds, and cooperative-sticky assignment (the kafka crate's consumer
+//! settings) leaves the partitions that do not move alone during a rebalance.
+//!
+//! librdkafka hands rebalances to the application only inside a poll, and a worker retrying one
+//! record (database or SMTP down) does not poll: with the eager assignors a rebalance waits for
+//! it, up to `max.poll.interval.ms`, while the other members sit without partitions.
+//! `dbproc_consumer_retrying_records` shows when that is the case. (Serving rebalances during a
+//! retry is not done yet.)
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_kafka::rdkafka::ClientContext;
@@ -30,11 +33,12 @@ use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::metrics::{ConsumerLabels, Metrics};
+use crate::metrics::{ConsumerLabels, Metrics, RebalanceLabels};
 
-/// How long a worker may hold one record before librdkafka gives its partitions to another
+/// How long a worker may go without polling before librdkafka gives its partitions to another
 /// member (`max.poll.interval.ms`, librdkafka's default, set explicitly because the mail retry
-/// schedule is checked against it).
+/// schedule is checked against it). A record in retry keeps polling ([`HeldRecord`]), so only a
+/// single SMTP or database call counts against it.
 pub const MAX_POLL_INTERVAL_MS: u64 = 300_000;
 
 pub type GroupConsumer = StreamConsumer<MembershipContext>;
@@ -71,22 +75,30 @@ impl ConsumerContext for MembershipContext {
             consumer: self.name.label(),
         };
         match rebalance {
-            Rebalance::Assign(_) | Rebalance::Revoke(_) => {
+            Rebalance::Assign(partitions) | Rebalance::Revoke(partitions) => {
                 let assigned = consumer.assignment().map(|list| list.count()).unwrap_or(0);
-                if matches!(rebalance, Rebalance::Assign(_)) {
+                let event = if matches!(rebalance, Rebalance::Assign(_)) {
                     self.joined.store(true, Ordering::Release);
-                }
+                    "assign"
+                } else {
+                    "revoke"
+                };
                 self.metrics
                     .assigned_partitions
                     .get_or_create(&labels)
                     .set(i64::try_from(assigned).unwrap_or(i64::MAX));
+                // With cooperative assignment these are the partitions that moved, often none.
+                self.metrics
+                    .rebalanced_partitions
+                    .get_or_create(&RebalanceLabels {
+                        consumer: self.name.label(),
+                        event,
+                    })
+                    .inc_by(u64::try_from(partitions.count()).unwrap_or(u64::MAX));
                 tracing::info!(
                     consumer = self.name.label(),
-                    event = if matches!(rebalance, Rebalance::Assign(_)) {
-                        "assign"
-                    } else {
-                        "revoke"
-                    },
+                    event,
+                    moved = partitions.count(),
                     assigned,
                     "consumer group rebalanced"
                 );
@@ -119,18 +131,37 @@ impl ConsumerContext for MembershipContext {
     }
 }
 
+/// How a replica takes part in its consumer groups.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// `group.instance.id`: static membership when set.
+    pub instance_id: Option<String>,
+    /// `partition.assignment.strategy`.
+    pub assignment_strategy: String,
+}
+
 /// A consumer in `group_id` that never commits on its own (the settings of
-/// [`KafkaSettings::group_consumer`], plus a context that follows the membership). Returns it
-/// with the flag that turns true once it has joined the group.
+/// [`KafkaSettings::group_consumer`], plus a context that follows the membership). With an
+/// instance id it is a static member: restarted with the same id, it takes its partitions back
+/// without a rebalance. Returns it with the flag that turns true once it has joined the group.
 pub fn group_consumer(
     kafka: &KafkaSettings,
     group_id: &str,
+    membership: &Membership,
     name: ConsumerName,
     metrics: Arc<Metrics>,
 ) -> KafkaResult<(GroupConsumer, Arc<AtomicBool>)> {
     let mut config = kafka.group_consumer_config(group_id);
+    config.set(
+        "partition.assignment.strategy",
+        &membership.assignment_strategy,
+    );
     // Set explicitly: the mail retry budget is checked against it at start.
     config.set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string());
+    if let Some(instance_id) = &membership.instance_id {
+        // Unique per group, not per process: the two consumers are in different groups.
+        config.set("group.instance.id", instance_id);
+    }
     let joined = Arc::new(AtomicBool::new(false));
     let context = MembershipContext {
         name,
@@ -138,6 +169,12 @@ pub fn group_consumer(
         metrics,
     };
     Ok((config.create_with_context(context)?, joined))
+}
+
+fn is_assigned(consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
+    consumer
+        .assignment()
+        .is_ok_and(|assignment| assignment.find_partition(topic, partition).is_some())
 }
 
 /// The next record of `consumer`, or `None` once `shutdown` is cancelled. librdkafka reconnects
@@ -159,12 +196,95 @@ pub async fn next_record<'c>(
         match received {
             Ok(message) => return Some(message),
             Err(error) => {
+                // E.g. another live member with the same group.instance.id fenced this one: it
+                // will never consume again, so stop and let the process be restarted.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    tracing::error!(consumer = name.label(), ?code, %reason, "fatal consumer error");
+                    return None;
+                }
                 consecutive_errors += 1;
                 tracing::warn!(consumer = name.label(), %error, "consumer error");
                 if !backoff.wait(consecutive_errors, shutdown).await {
                     return None;
                 }
             }
+        }
+    }
+}
+
+/// Why a record in hand was given up before its work was done. Either way it stays uncommitted
+/// and is delivered again: after the restart, or to the partition's new owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The record's partition was revoked while the record was being retried.
+    Revoked,
+}
+
+/// The record a worker is working on: its attempts and the waits between them end at shutdown,
+/// and a partition no longer assigned is not committed.
+pub struct HeldRecord<'h> {
+    consumer: &'h GroupConsumer,
+    name: ConsumerName,
+    topic: String,
+    partition: i32,
+    shutdown: &'h CancellationToken,
+}
+
+impl<'h> HeldRecord<'h> {
+    pub fn new(
+        consumer: &'h GroupConsumer,
+        name: ConsumerName,
+        message: &BorrowedMessage<'_>,
+        shutdown: &'h CancellationToken,
+    ) -> Self {
+        Self {
+            consumer,
+            name,
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            shutdown,
+        }
+    }
+
+    /// Whether this consumer still owns the record's partition (a commit is pointless if not).
+    pub fn still_assigned(&self) -> bool {
+        is_assigned(self.consumer, &self.topic, self.partition)
+    }
+
+    /// Waits `delay` before the next attempt.
+    pub async fn wait(&mut self, delay: Duration) -> Result<(), Abandoned> {
+        self.wait_through_revocation(delay).await?;
+        if self.still_assigned() {
+            Ok(())
+        } else {
+            tracing::info!(
+                consumer = self.name.label(),
+                topic = %self.topic,
+                partition = self.partition,
+                "the partition of the record in retry was revoked; its new owner takes the record over"
+            );
+            Err(Abandoned::Revoked)
+        }
+    }
+
+    /// Waits `delay` before the next attempt, and goes on even if the partition was revoked:
+    /// for work that must be finished once begun.
+    pub async fn wait_through_revocation(&mut self, delay: Duration) -> Result<(), Abandoned> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(Abandoned::Shutdown),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    /// Runs one attempt of the work; only shutdown cuts it short.
+    pub async fn attempt<F: Future>(&mut self, work: F) -> Result<F::Output, Abandoned> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(Abandoned::Shutdown),
+            output = work => Ok(output),
         }
     }
 }

@@ -16,9 +16,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::consumer::{self, ConsumerName, GroupConsumer};
+use crate::consumer::{self, Abandoned, ConsumerName, GroupConsumer, HeldRecord};
 use crate::metrics::{DeadLetterLabels, KindLabels, Metrics, RequestLabels};
-use crate::outbox::{Interrupted, Outbox};
+use crate::outbox::Outbox;
 
 /// The rejection code sent when the database failed in a way retrying will not fix.
 pub const INTERNAL_ERROR: &str = "internal_error";
@@ -71,18 +71,22 @@ impl DirectoryWorker {
         )
         .await
         {
-            if self.process(&message, &shutdown).await.is_err() {
-                break;
+            let mut held =
+                HeldRecord::new(&self.consumer, ConsumerName::Directory, &message, &shutdown);
+            match self.process(&message, &mut held).await {
+                Ok(()) if held.still_assigned() => consumer::commit(&self.consumer, &message),
+                // Answered, but the partition moved meanwhile: its new owner answers it again.
+                Ok(()) | Err(Abandoned::Revoked) => {}
+                Err(Abandoned::Shutdown) => break,
             }
-            consumer::commit(&self.consumer, &message);
         }
     }
 
     async fn process(
         &self,
         message: &BorrowedMessage<'_>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<(), Abandoned> {
         let request = match self.decode(message) {
             Ok(request) => request,
             Err(undeliverable) => {
@@ -93,7 +97,7 @@ impl DirectoryWorker {
                     offset = message.offset(),
                 );
                 return self
-                    .dead_letter(message, undeliverable, shutdown)
+                    .dead_letter(message, undeliverable, held)
                     .instrument(span)
                     .await;
             }
@@ -108,9 +112,7 @@ impl DirectoryWorker {
             outcome = tracing::field::Empty,
         );
         broker_auth_telemetry::set_remote_parent(&span, request.traceparent.as_deref());
-        self.answer(message, request, shutdown)
-            .instrument(span)
-            .await
+        self.answer(message, request, held).instrument(span).await
     }
 
     fn decode(&self, message: &BorrowedMessage<'_>) -> Result<Request, Undeliverable> {
@@ -165,11 +167,11 @@ impl DirectoryWorker {
         &self,
         message: &BorrowedMessage<'_>,
         request: Request,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<(), Abandoned> {
         let started = Instant::now();
         let kind = request.kind;
-        let reply = self.handle_with_retry(&request, shutdown).await?;
+        let reply = self.handle_with_retry(&request, held).await?;
         let outcome = match &reply {
             Some(reply) if reply.rejection().is_some() => "rejected",
             Some(_) => "ok",
@@ -200,7 +202,7 @@ impl DirectoryWorker {
                 message.key(),
                 &reply.encode(request.request_id),
                 reply_headers,
-                shutdown,
+                held,
             )
             .await?;
 
@@ -210,7 +212,7 @@ impl DirectoryWorker {
             self.dead_letter(
                 message,
                 Undeliverable::new("rejected", format!("{code}: {reason}")),
-                shutdown,
+                held,
             )
             .await?;
         }
@@ -234,16 +236,18 @@ impl DirectoryWorker {
     async fn handle_with_retry(
         &self,
         request: &Request,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<DirectoryReply>, Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<Option<DirectoryReply>, Abandoned> {
         let mut attempt = 0;
         let mut retrying = None;
         loop {
             attempt += 1;
-            let handled = tokio::select! {
-                () = shutdown.cancelled() => return Err(Interrupted),
-                handled = self.directory.handle(request.request_id, request.body.clone()) => handled,
-            };
+            let handled = held
+                .attempt(
+                    self.directory
+                        .handle(request.request_id, request.body.clone()),
+                )
+                .await?;
             match handled {
                 Ok(reply) => return Ok(Some(reply)),
                 Err(error) if error.is_transient() => {
@@ -253,9 +257,7 @@ impl DirectoryWorker {
                     });
                     let delay = self.store_retry.delay(attempt);
                     tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "user database unavailable; retrying the request");
-                    if !self.store_retry.wait(attempt, shutdown).await {
-                        return Err(Interrupted);
-                    }
+                    held.wait(delay).await?;
                 }
                 Err(error) => {
                     tracing::error!(%error, "user directory failed permanently; answering internal_error");
@@ -269,8 +271,8 @@ impl DirectoryWorker {
         &self,
         message: &BorrowedMessage<'_>,
         undeliverable: Undeliverable,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<(), Abandoned> {
         tracing::warn!(
             reason = undeliverable.code,
             "dead-lettering a request record"
@@ -280,7 +282,7 @@ impl DirectoryWorker {
                 &self.topics.dead_letter(),
                 message,
                 &undeliverable.detail,
-                shutdown,
+                held,
             )
             .await?;
         self.metrics

@@ -24,7 +24,9 @@ use broker_auth_contract::{MailSealKey, Topics};
 use broker_auth_kafka::rdkafka::consumer::Consumer;
 use broker_auth_kafka::rdkafka::error::KafkaError;
 use broker_auth_mail::{MailError, Mailer, SmtpMailer};
-use broker_auth_user_store::{PostgresUserRepository, StoreError, UserDirectory, UserRepository};
+use broker_auth_user_store::{
+    PostgresUserRepository, RequestRecords, StoreError, UserDirectory, UserRepository,
+};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -99,6 +101,7 @@ pub struct App {
     mail_max_attempts: u32,
     mail_retry: Backoff,
     mail_seal_key: MailSealKey,
+    record_retention: std::time::Duration,
 }
 
 impl std::fmt::Debug for App {
@@ -131,9 +134,22 @@ impl App {
 
         let kafka = config.kafka_settings();
         broker_auth_kafka::ensure_topics(&kafka, &topics.all()).await?;
+        let membership = consumer::Membership {
+            instance_id: config.group_instance_id(),
+            assignment_strategy: config.kafka_assignment_strategy.clone(),
+        };
+        tracing::info!(
+            group_instance_id = membership
+                .instance_id
+                .as_deref()
+                .unwrap_or("(none: dynamic membership)"),
+            assignment_strategy = %membership.assignment_strategy,
+            "consumer group membership"
+        );
         let (directory_consumer, directory_joined) = consumer::group_consumer(
             &kafka,
             &topics.dbproc_group(),
+            &membership,
             ConsumerName::Directory,
             metrics.clone(),
         )
@@ -142,6 +158,7 @@ impl App {
         let (mail_consumer, mail_joined) = consumer::group_consumer(
             &kafka,
             &topics.mailer_group(),
+            &membership,
             ConsumerName::Mail,
             metrics.clone(),
         )
@@ -175,6 +192,7 @@ impl App {
             mail_max_attempts: config.mail_max_attempts,
             mail_retry: config.mail_retry(),
             mail_seal_key: config.mail_seal_key().map_err(Error::Settings)?,
+            record_retention: config.record_retention(),
         })
     }
 
@@ -216,10 +234,18 @@ impl App {
             metrics: self.metrics.clone(),
             store_retry: directory_worker::store_retry(),
         };
+        let records: Arc<dyn RequestRecords> = self.repository.clone();
+        let pruner = tokio::spawn(broker_auth_user_store::prune_periodically(
+            records.clone(),
+            self.record_retention,
+            stop.clone().cancelled_owned(),
+        ));
         let mail = MailWorker {
             consumer: self.mail_consumer.clone(),
             outbox: self.outbox.clone(),
             mailer: self.mailer.clone(),
+            records,
+            store_retry: directory_worker::store_retry(),
             topics: self.topics.clone(),
             metrics: self.metrics.clone(),
             max_attempts: self.mail_max_attempts,
@@ -256,6 +282,9 @@ impl App {
         }
 
         let served = server.await;
+        if let Err(error) = pruner.await {
+            tracing::warn!(%error, "the record pruner failed");
+        }
         let directory_consumer = self.directory_consumer;
         let mail_consumer = self.mail_consumer;
         let closed = tokio::task::spawn_blocking(move || {

@@ -33,6 +33,14 @@ pub struct ConsumerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RebalanceLabels {
+    /// `directory` or `mail`.
+    pub consumer: &'static str,
+    /// `assign` or `revoke`.
+    pub event: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MailLabels {
     pub template: &'static str,
 }
@@ -51,8 +59,10 @@ pub struct Metrics {
     pub store_retries: Counter,
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     pub mail_sent: Family<MailLabels, Counter>,
+    pub mail_duplicates_skipped: Family<MailLabels, Counter>,
     pub mail_failed_attempts: Family<MailFailureLabels, Counter>,
     pub assigned_partitions: Family<ConsumerLabels, Gauge>,
+    pub rebalanced_partitions: Family<RebalanceLabels, Counter>,
     pub retrying_records: Family<ConsumerLabels, Gauge>,
     pub offset_commit_failures: Family<ConsumerLabels, Counter>,
 }
@@ -99,6 +109,12 @@ impl Default for Metrics {
             "Mails accepted by the SMTP server",
             mail_sent.clone(),
         );
+        let mail_duplicates_skipped = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_duplicates_skipped",
+            "Redelivered mail requests not sent again because an earlier delivery was sent",
+            mail_duplicates_skipped.clone(),
+        );
         let mail_failed_attempts = Family::<MailFailureLabels, Counter>::default();
         registry.register(
             "mail_failed_attempts",
@@ -111,10 +127,16 @@ impl Default for Metrics {
             "Partitions assigned to this replica, by consumer; 0 on a replica beyond the partition count",
             assigned_partitions.clone(),
         );
+        let rebalanced_partitions = Family::<RebalanceLabels, Counter>::default();
+        registry.register(
+            "consumer_rebalanced_partitions",
+            "Partitions assigned to or revoked from this replica by group rebalances, by consumer and event",
+            rebalanced_partitions.clone(),
+        );
         let retrying_records = Family::<ConsumerLabels, Gauge>::default();
         registry.register(
             "consumer_retrying_records",
-            "1 while a consumer holds a record it is retrying (database or SMTP unavailable): its partitions wait behind it",
+            "1 while a consumer holds a record it is retrying (database or SMTP unavailable): its partitions are paused behind it",
             retrying_records.clone(),
         );
         let offset_commit_failures = Family::<ConsumerLabels, Counter>::default();
@@ -129,6 +151,11 @@ impl Default for Metrics {
             assigned_partitions.get_or_create(&labels).set(0);
             retrying_records.get_or_create(&labels).set(0);
             offset_commit_failures.get_or_create(&labels).inc_by(0);
+            for event in ["assign", "revoke"] {
+                rebalanced_partitions
+                    .get_or_create(&RebalanceLabels { consumer, event })
+                    .inc_by(0);
+            }
         }
         Self {
             registry,
@@ -137,8 +164,10 @@ impl Default for Metrics {
             store_retries,
             dead_lettered,
             mail_sent,
+            mail_duplicates_skipped,
             mail_failed_attempts,
             assigned_partitions,
+            rebalanced_partitions,
             retrying_records,
             offset_commit_failures,
         }

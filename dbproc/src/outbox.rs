@@ -6,13 +6,9 @@ use broker_auth_contract::headers;
 use broker_auth_kafka::rdkafka::Message;
 use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use broker_auth_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-
-/// Shutdown arrived before the work was done; the record stays uncommitted and is redelivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted;
+use crate::consumer::{Abandoned, HeldRecord};
 
 /// How long a record may wait in the producer's queue when it is full.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,8 +32,8 @@ impl Outbox {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: OwnedHeaders,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<(), Abandoned> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -47,17 +43,14 @@ impl Outbox {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            let sent = tokio::select! {
-                () = shutdown.cancelled() => return Err(Interrupted),
-                sent = self.producer.send(record, QUEUE_TIMEOUT) => sent,
-            };
-            match sent {
+            match held
+                .attempt(self.producer.send(record, QUEUE_TIMEOUT))
+                .await?
+            {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {
                     tracing::warn!(%topic, %error, attempt, "kafka did not take a record; retrying");
-                    if !self.retry.wait(attempt, shutdown).await {
-                        return Err(Interrupted);
-                    }
+                    held.wait(self.retry.delay(attempt)).await?;
                 }
             }
         }
@@ -70,8 +63,8 @@ impl Outbox {
         dead_letter_topic: &str,
         message: &BorrowedMessage<'_>,
         reason: &str,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        held: &mut HeldRecord<'_>,
+    ) -> Result<(), Abandoned> {
         let source = format!(
             "{}/{}/{}",
             message.topic(),
@@ -92,7 +85,7 @@ impl Outbox {
             message.key(),
             message.payload().unwrap_or_default(),
             headers,
-            shutdown,
+            held,
         )
         .await
     }

@@ -522,8 +522,9 @@ async fn a_replica_beyond_the_partition_count_is_ready_and_holds_no_partitions()
     let mut urls = vec![harness.metrics_url("/readyz")];
     urls.extend(replicas.iter().map(|replica| replica.url("/readyz")));
 
-    // Each request topic and the mail topic has PARTITIONS partitions, so once the groups have
-    // settled one of the PARTITIONS + 1 replicas holds none of them.
+    // The mail topic has PARTITIONS partitions, so once the groups have settled one of the
+    // PARTITIONS + 1 replicas holds none of them. (The directory group's 3 x PARTITIONS request
+    // partitions are spread over every replica by the cooperative-sticky assignor.)
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut bodies = Vec::new();
@@ -539,11 +540,17 @@ async fn a_replica_beyond_the_partition_count_is_ready_and_holds_no_partitions()
             .iter()
             .map(|body| assigned(body, "directory consumer"))
             .sum();
+        let mail_total: usize = bodies
+            .iter()
+            .map(|body| assigned(body, "mail consumer"))
+            .sum();
         let idle = bodies
             .iter()
-            .filter(|body| assigned(body, "directory consumer") == 0)
+            .filter(|body| assigned(body, "mail consumer") == 0)
             .count();
-        let settled = directory_total == 3 * support::PARTITIONS as usize && idle >= 1;
+        let settled = directory_total == 3 * support::PARTITIONS as usize
+            && mail_total == support::PARTITIONS as usize
+            && idle >= 1;
         if all_ready && settled {
             break;
         }

@@ -385,6 +385,14 @@ fn deployment(
             "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
         })
     }));
+    if matches!(tier, Tier::Dbproc) {
+        // Static group membership keyed by the pod: a restarted container takes its partitions
+        // back without a rebalance.
+        env.push(json!({
+            "name": "KAFKA_GROUP_INSTANCE_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        }));
+    }
     let (image, port_name, port, given_resources) = match tier {
         Tier::Api => (
             format!("{}-api:{}", spec.image.repository, spec.image.tag),

@@ -209,6 +209,7 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            // A dead member is noticed within seconds (static members too).
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         self.apply_extra(&mut config);

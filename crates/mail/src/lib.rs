@@ -9,7 +9,7 @@ mod sender;
 
 pub use broker_auth_contract::{MailRequest, MailTemplate};
 pub use lettre::message::Mailbox;
-pub use render::{RenderedMail, build_message, render};
+pub use render::{RenderedMail, build_message, message_id, render};
 pub use sender::{LogMailer, Mailer, SMTP_TIMEOUT, SmtpMailer};
 
 /// Why a mail was not sent. [`MailError::is_transient`] separates "try again later" (SMTP

@@ -3,6 +3,7 @@ use lettre::Address;
 use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use uuid::Uuid;
 
 use crate::{MailError, Result};
 
@@ -115,8 +116,10 @@ fn escape_html(text: &str) -> String {
         .collect()
 }
 
-/// The complete message for `request`, from `from`: plain text with an HTML alternative.
-pub fn build_message(from: &Mailbox, request: &MailRequest) -> Result<Message> {
+/// The complete message for mail request `request_id`, from `from`: plain text with an HTML
+/// alternative. Its `Message-ID` is made from the request id, so every delivery of one request
+/// carries the same id (and a duplicate is recognisable as one).
+pub fn build_message(from: &Mailbox, request_id: Uuid, request: &MailRequest) -> Result<Message> {
     // A bare address only: a display name would be text of the producer's choosing.
     let to = request
         .to
@@ -127,6 +130,7 @@ pub fn build_message(from: &Mailbox, request: &MailRequest) -> Result<Message> {
         })?;
     let rendered = render(&request.template)?;
     let message = Message::builder()
+        .message_id(Some(message_id(from, request_id)))
         .from(from.clone())
         .to(to)
         .subject(rendered.subject)
@@ -144,6 +148,11 @@ pub fn build_message(from: &Mailbox, request: &MailRequest) -> Result<Message> {
                 ),
         )?;
     Ok(message)
+}
+
+/// `<request-id@sender-domain>`.
+pub fn message_id(from: &Mailbox, request_id: Uuid) -> String {
+    format!("<{}@{}>", request_id.hyphenated(), from.email.domain())
 }
 
 #[cfg(test)]
@@ -180,8 +189,10 @@ mod tests {
             to: "ada@example.com".into(),
             template: MailTemplate::AccountExists,
         };
-        let message = build_message(&from(), &request).unwrap();
+        let request_id = Uuid::new_v4();
+        let message = build_message(&from(), request_id, &request).unwrap();
         let formatted = String::from_utf8(message.formatted()).unwrap();
+        assert!(formatted.contains(&format!("Message-ID: <{request_id}@example.com>")));
         assert!(formatted.contains("To: ada@example.com"));
         assert!(formatted.contains("Subject: You already have an account"));
         assert!(formatted.contains("multipart/alternative"));
@@ -219,7 +230,7 @@ mod tests {
             to: "Your Bank <ada@example.com>".into(),
             template: MailTemplate::AccountExists,
         };
-        let error = build_message(&from(), &request).unwrap_err();
+        let error = build_message(&from(), Uuid::new_v4(), &request).unwrap_err();
         assert!(matches!(error, MailError::InvalidRecipient { .. }));
     }
 
@@ -237,7 +248,7 @@ mod tests {
             to: "not an address".into(),
             template: MailTemplate::AccountExists,
         };
-        let error = build_message(&from(), &request).unwrap_err();
+        let error = build_message(&from(), Uuid::new_v4(), &request).unwrap_err();
         assert!(matches!(error, MailError::InvalidRecipient { .. }));
         assert!(!error.is_transient());
     }

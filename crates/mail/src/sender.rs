@@ -5,6 +5,7 @@ use broker_auth_contract::MailRequest;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
 
 use crate::render::{build_message, render};
 use crate::{MailError, Result};
@@ -12,7 +13,8 @@ use crate::{MailError, Result};
 /// Delivers mail requests. One implementation per destination: SMTP or the log.
 #[async_trait]
 pub trait Mailer: Send + Sync + 'static {
-    async fn send(&self, request: &MailRequest) -> Result<()>;
+    /// Sends mail request `request_id` (its `Message-ID` is made from it).
+    async fn send(&self, request_id: Uuid, request: &MailRequest) -> Result<()>;
 }
 
 /// Sends over SMTP with lettre, from a connection URL such as `smtp://127.0.0.1:2525`,
@@ -47,8 +49,8 @@ impl SmtpMailer {
 
 #[async_trait]
 impl Mailer for SmtpMailer {
-    async fn send(&self, request: &MailRequest) -> Result<()> {
-        let message = build_message(&self.from, request)?;
+    async fn send(&self, request_id: Uuid, request: &MailRequest) -> Result<()> {
+        let message = build_message(&self.from, request_id, request)?;
         self.transport
             .send(message)
             .await
@@ -74,9 +76,10 @@ pub struct LogMailer;
 
 #[async_trait]
 impl Mailer for LogMailer {
-    async fn send(&self, request: &MailRequest) -> Result<()> {
+    async fn send(&self, request_id: Uuid, request: &MailRequest) -> Result<()> {
         let rendered = render(&request.template)?;
         tracing::info!(
+            %request_id,
             to = %request.to,
             template = request.template.name(),
             subject = %rendered.subject,

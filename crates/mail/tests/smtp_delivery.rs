@@ -8,6 +8,7 @@ use std::time::Duration;
 use broker_auth_mail::{MailError, MailRequest, MailTemplate, Mailer, SmtpMailer};
 use broker_auth_testkit::smtp::SmtpCapture;
 use secrecy::SecretString;
+use uuid::Uuid;
 
 fn mailer_for(url: String) -> SmtpMailer {
     SmtpMailer::from_url(
@@ -31,8 +32,12 @@ fn signup_code(to: &str) -> MailRequest {
 async fn a_signup_code_reaches_the_smtp_server() {
     let capture = SmtpCapture::start().await.unwrap();
     let mailer = mailer_for(capture.url());
+    let request_id = Uuid::new_v4();
 
-    mailer.send(&signup_code("ada@example.com")).await.unwrap();
+    mailer
+        .send(request_id, &signup_code("ada@example.com"))
+        .await
+        .unwrap();
 
     let mail = capture
         .wait_for(|m| m.is_to("ada@example.com"), Duration::from_secs(5))
@@ -40,6 +45,10 @@ async fn a_signup_code_reaches_the_smtp_server() {
         .expect("the mail arrives");
     assert_eq!(mail.from, "no-reply@example.com");
     assert_eq!(mail.subject().as_deref(), Some("Your sign-up code"));
+    assert_eq!(
+        mail.header("Message-ID"),
+        Some(format!("<{request_id}@example.com>"))
+    );
     assert!(
         mail.text().contains("your sign-up code is: 042137"),
         "{}",
@@ -54,13 +63,16 @@ async fn an_unreachable_server_is_a_transient_failure() {
     capture.stop().await;
 
     let error = mailer
-        .send(&signup_code("ada@example.com"))
+        .send(Uuid::new_v4(), &signup_code("ada@example.com"))
         .await
         .unwrap_err();
     assert!(error.is_transient(), "{error}");
 
     capture.restart().await.unwrap();
-    mailer.send(&signup_code("ada@example.com")).await.unwrap();
+    mailer
+        .send(Uuid::new_v4(), &signup_code("ada@example.com"))
+        .await
+        .unwrap();
     assert_eq!(capture.messages().len(), 1);
 }
 
@@ -71,14 +83,14 @@ async fn a_5xx_refusal_is_permanent_and_a_4xx_one_transient() {
 
     capture.reject_recipients_with(Some(550));
     let error = mailer
-        .send(&signup_code("gone@example.com"))
+        .send(Uuid::new_v4(), &signup_code("gone@example.com"))
         .await
         .unwrap_err();
     assert!(matches!(error, MailError::Permanent(_)), "{error}");
 
     capture.reject_recipients_with(Some(451));
     let error = mailer
-        .send(&signup_code("later@example.com"))
+        .send(Uuid::new_v4(), &signup_code("later@example.com"))
         .await
         .unwrap_err();
     assert!(error.is_transient(), "{error}");

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -166,6 +166,8 @@ struct Shared {
     messages: watch::Sender<Vec<ReceivedMail>>,
     /// 0 = accept recipients; otherwise the reply code RCPT TO gets.
     reject_recipients_with: AtomicU16,
+    /// How long the server takes to accept a message after its data, in milliseconds.
+    accept_delay_ms: AtomicU64,
     connections: AtomicUsize,
 }
 
@@ -198,6 +200,7 @@ impl SmtpCapture {
         let shared = Arc::new(Shared {
             messages: watch::Sender::new(Vec::new()),
             reject_recipients_with: AtomicU16::new(0),
+            accept_delay_ms: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
         });
         let mut capture = Self {
@@ -238,6 +241,15 @@ impl SmtpCapture {
         self.shared
             .reject_recipients_with
             .store(code.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// From now on take `delay` to accept each message after its data, like a slow or
+    /// overloaded server (`Duration::ZERO`: at once).
+    pub fn set_accept_delay(&self, delay: Duration) {
+        self.shared.accept_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Waits until a message matching `predicate` has arrived (possibly already) and returns
@@ -396,6 +408,10 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
                         transaction = Transaction::default();
                         continue;
                     };
+                    let delay = shared.accept_delay_ms.load(Ordering::Relaxed);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     let mail = ReceivedMail {
                         from: transaction.from.take().unwrap_or_default(),
                         recipients: std::mem::take(&mut transaction.recipients),

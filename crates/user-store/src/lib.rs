@@ -8,6 +8,7 @@
 mod directory;
 mod error;
 mod postgres;
+pub mod records;
 mod repository;
 mod sqlite;
 pub mod validation;
@@ -15,6 +16,7 @@ pub mod validation;
 pub use directory::UserDirectory;
 pub use error::StoreError;
 pub use postgres::PostgresUserRepository;
+pub use records::{Pruned, RequestRecords, prune_expired, prune_periodically};
 pub use repository::{CreationOutcome, UserRepository};
 pub use sqlite::SqliteUserRepository;
 

@@ -6,6 +6,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::records::{Pruned, RequestRecords};
 use crate::repository::{RecordedCreation, creation_result};
 use crate::{CreationOutcome, Result, StoreError, UserRepository};
 
@@ -137,5 +138,56 @@ impl UserRepository for PostgresUserRepository {
                 outcome => return outcome,
             }
         }
+    }
+}
+
+#[async_trait]
+impl RequestRecords for PostgresUserRepository {
+    async fn mail_was_sent(&self, request_id: Uuid) -> Result<bool> {
+        let sent: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sent_mail WHERE request_id = $1)")
+                .bind(request_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(sent)
+    }
+
+    async fn record_mail_sent(&self, request_id: Uuid) -> Result<()> {
+        sqlx::query("INSERT INTO sent_mail (request_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(request_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_batch(&self, max_age: Duration, batch: u32) -> Result<Pruned> {
+        let seconds = max_age.as_secs_f64();
+        // SKIP LOCKED: replicas pruning at the same time take different rows instead of waiting.
+        let creation_requests = sqlx::query(
+            "DELETE FROM user_creation_requests WHERE request_id IN (\
+               SELECT request_id FROM user_creation_requests \
+               WHERE handled_at < now() - make_interval(secs => $1) \
+               ORDER BY handled_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(seconds)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let sent_mail = sqlx::query(
+            "DELETE FROM sent_mail WHERE request_id IN (\
+               SELECT request_id FROM sent_mail \
+               WHERE sent_at < now() - make_interval(secs => $1) \
+               ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(seconds)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            creation_requests,
+            sent_mail,
+        })
     }
 }

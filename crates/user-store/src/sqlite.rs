@@ -9,6 +9,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
+use crate::records::{Pruned, RequestRecords};
 use crate::repository::{RecordedCreation, creation_result};
 use crate::{CreationOutcome, Result, UserRepository};
 
@@ -138,5 +139,56 @@ impl UserRepository for SqliteUserRepository {
         .await?;
         tx.commit().await?;
         Ok(CreationOutcome::Handled(result))
+    }
+}
+
+#[async_trait]
+impl RequestRecords for SqliteUserRepository {
+    async fn mail_was_sent(&self, request_id: Uuid) -> Result<bool> {
+        let sent: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sent_mail WHERE request_id = ?1)")
+                .bind(request_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(sent)
+    }
+
+    async fn record_mail_sent(&self, request_id: Uuid) -> Result<()> {
+        sqlx::query("INSERT INTO sent_mail (request_id) VALUES (?1) ON CONFLICT DO NOTHING")
+            .bind(request_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_batch(&self, max_age: Duration, batch: u32) -> Result<Pruned> {
+        // The timestamps are ISO 8601 text in UTC, so text order is time order.
+        let age = format!("-{} seconds", max_age.as_secs());
+        let creation_requests = sqlx::query(
+            "DELETE FROM user_creation_requests WHERE rowid IN (\
+               SELECT rowid FROM user_creation_requests \
+               WHERE handled_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+               ORDER BY handled_at LIMIT ?2)",
+        )
+        .bind(&age)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let sent_mail = sqlx::query(
+            "DELETE FROM sent_mail WHERE rowid IN (\
+               SELECT rowid FROM sent_mail \
+               WHERE sent_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+               ORDER BY sent_at LIMIT ?2)",
+        )
+        .bind(&age)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            creation_requests,
+            sent_mail,
+        })
     }
 }

@@ -29,6 +29,12 @@ pub const PARTITIONS: i32 = 3;
 pub const MAIL_SEAL_KEY: &str = "harness-mail-seal-key-harness-mail-seal-key";
 pub const HASH: &str = "$2b$04$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
 
+/// The assignment strategy tests run dbproc with: `KAFKA_ASSIGNMENT_STRATEGY`, default `range`
+/// (tansu stalls cooperative rebalances of static members; see dbproc's `--help`).
+pub fn assignment_strategy() -> String {
+    std::env::var("KAFKA_ASSIGNMENT_STRATEGY").unwrap_or_else(|_| "range".to_owned())
+}
+
 /// A record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -143,6 +149,8 @@ pub struct Harness {
     pub database: TestDatabase,
     /// dbproc reaches Postgres through this, so a test can make the database unreachable.
     pub database_proxy: TcpProxy,
+    /// The harness's dbproc keeps its static group membership across restarts, like a pod.
+    instance_id: String,
     running: Option<Running>,
 }
 
@@ -210,14 +218,18 @@ impl Harness {
             producer,
             database,
             database_proxy,
+            instance_id: format!("dbproc-{}", Uuid::new_v4().simple()),
             running: None,
         };
         harness.start_dbproc(mail).await;
         harness
     }
 
-    pub fn config(&self, mail: MailSettings) -> Config {
+    /// The settings of a replica with static membership `instance_id`.
+    pub fn config(&self, mail: MailSettings, instance_id: &str) -> Config {
         Config {
+            kafka_group_instance_id: Some(instance_id.to_owned()),
+            kafka_assignment_strategy: assignment_strategy(),
             kafka_brokers: self.kafka.brokers.clone(),
             kafka_topic_prefix: self.topics.clone(),
             kafka_topic_partitions: PARTITIONS,
@@ -232,13 +244,16 @@ impl Harness {
             mail_retry_initial_ms: mail.retry_initial_ms,
             mail_retry_max_ms: mail.retry_max_ms,
             mail_seal_key: SecretString::from(MAIL_SEAL_KEY),
+            record_retention_secs: 7 * 24 * 3600,
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
         }
     }
 
     pub async fn start_dbproc(&mut self, mail: MailSettings) {
         assert!(self.running.is_none(), "dbproc is already running");
-        let app = App::build(self.config(mail)).await.unwrap();
+        let app = App::build(self.config(mail, &self.instance_id))
+            .await
+            .unwrap();
         let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
@@ -251,9 +266,19 @@ impl Harness {
 
     /// Starts another replica sharing the harness's topics, groups and database.
     pub async fn start_replica(&self) -> Replica {
-        let app = App::build(self.config(MailSettings::default()))
+        self.start_replica_with(&self.database.url_through(self.database_proxy.addr()))
             .await
-            .unwrap();
+    }
+
+    /// Starts another replica (a static member of its own) that reaches Postgres at
+    /// `database_url`, e.g. directly while the harness's dbproc is cut off.
+    pub async fn start_replica_with(&self, database_url: &str) -> Replica {
+        let mut config = self.config(
+            MailSettings::default(),
+            &format!("replica-{}", Uuid::new_v4().simple()),
+        );
+        config.database_url = SecretString::from(database_url.to_owned());
+        let app = App::build(config).await.unwrap();
         let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));

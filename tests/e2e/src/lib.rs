@@ -116,6 +116,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Further API flags, e.g. `["--signin-max-failures-per-address", "15"]`.
     pub extra_args: Vec<String>,
+    /// Embedded mode's bound on mails waiting for SMTP.
+    pub mail_queue_capacity: u32,
 }
 
 impl Default for Options {
@@ -132,6 +134,7 @@ impl Default for Options {
             trusted_proxy_cidrs: String::new(),
             redis_url: None,
             extra_args: Vec::new(),
+            mail_queue_capacity: 1000,
         }
     }
 }
@@ -213,6 +216,8 @@ impl TestEnv {
             &self.options.hash_queue_length.to_string(),
             "--signup-resend-cooldown-secs",
             &self.options.signup_cooldown_secs.to_string(),
+            "--mail-queue-capacity",
+            &self.options.mail_queue_capacity.to_string(),
             "--cookie-secure",
             &self.options.cookie_secure.to_string(),
             "--smtp-url",
@@ -289,9 +294,18 @@ impl TestEnv {
             .database
             .as_ref()
             .expect("distributed mode has a database");
+        // Restarted in a test, dbproc keeps its static membership, as a restarted pod does.
+        let instance_id = format!("{}dbproc", self.prefix);
+        // tansu stalls cooperative rebalances of static members (see dbproc's --help).
+        let strategy =
+            std::env::var("KAFKA_ASSIGNMENT_STRATEGY").unwrap_or_else(|_| "range".to_owned());
         let args = [
             "broker-auth-dbproc",
             "serve",
+            "--kafka-group-instance-id",
+            &instance_id,
+            "--kafka-assignment-strategy",
+            &strategy,
             "--kafka-brokers",
             &services::kafka_brokers(),
             "--kafka-topic-prefix",
@@ -372,6 +386,11 @@ pub async fn metric_sum(url: &str, prefix: &str) -> f64 {
         .text()
         .await
         .unwrap_or_default();
+    metric_sum_in(&text, prefix)
+}
+
+/// The sum of the samples in Prometheus text `text` whose line starts with `prefix`.
+pub fn metric_sum_in(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
 
-use broker_auth_e2e::{Client, TestEnv};
+use std::time::Duration;
+
+use broker_auth_e2e::{Client, Mode, Options, TestEnv};
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "correct horse battery";
@@ -29,4 +31,47 @@ async fn accounts_and_sessions_survive_a_restart() {
 
     drop(env);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_smtp_server_gets_backpressure_instead_of_a_growing_mail_queue() {
+    let options = Options {
+        mail_queue_capacity: 4,
+        ..Options::default()
+    };
+    let env = TestEnv::start_with(Mode::Embedded, options).await;
+    // Far slower than signups arrive: nothing is delivered during the flood.
+    env.smtp.set_accept_delay(Duration::from_secs(5));
+    let client = Client::new(env.api());
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let email = env.new_email();
+        let response = client
+            .request(reqwest::Method::POST, "/signup")
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => accepted.push(email),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("signup answered {other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "all {} signups were queued behind a stalled SMTP server",
+        accepted.len()
+    );
+    assert!(!accepted.is_empty());
+
+    // Everything that was accepted is delivered once SMTP catches up.
+    env.smtp.set_accept_delay(Duration::ZERO);
+    for email in &accepted {
+        env.code_for(email).await;
+    }
 }

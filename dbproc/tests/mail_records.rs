@@ -1,0 +1,121 @@
+//! The mailer's records: a redelivered mail request is not sent again, and records (mail and
+//! user creation) older than the retention are pruned.
+
+// Helpers here are test code too; clippy only recognises #[test] functions as such.
+#![allow(clippy::unwrap_used)]
+
+// Each test file uses part of the shared harness.
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use broker_auth_contract::Envelope;
+use serde_json::json;
+use support::{Harness, MailSettings};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_mail_request_is_not_sent_twice() {
+    let harness = Harness::start("mail-once").await;
+    let request_id = Uuid::new_v4();
+    let to = "once@example.com";
+    let payload = serde_json::to_vec(&Envelope::new(
+        request_id,
+        json!({"to": to, "template": "signup_code", "code": "271828", "expires_in_minutes": 5}),
+    ))
+    .unwrap();
+    // The same record twice, as a crash after sending but before the offset commit delivers it.
+    let mail_topic = harness.topics.mail();
+    harness.produce(&mail_topic, to, &payload, &[]).await;
+    harness.produce(&mail_topic, to, &payload, &[]).await;
+    // A later mail on the same partition marks the point where both were handled.
+    harness
+        .mail(to, json!({"template": "account_exists"}))
+        .await;
+    harness
+        .smtp
+        .wait_for(
+            |m| m.is_to(to) && m.subject().as_deref() == Some("You already have an account"),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the later mail arrives");
+
+    let codes: Vec<_> = harness
+        .smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.text().contains("271828"))
+        .collect();
+    assert_eq!(
+        codes.len(),
+        1,
+        "the code mail was sent {} times",
+        codes.len()
+    );
+    assert_eq!(
+        codes[0].header("Message-ID"),
+        Some(format!("<{request_id}@example.com>"))
+    );
+    assert_eq!(
+        harness.metric("dbproc_mail_duplicates_skipped_total").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_the_retention_are_pruned_at_start() {
+    let mut harness = Harness::start("prune").await;
+    let pool = sqlx::PgPool::connect(harness.database.url()).await.unwrap();
+    let old: Vec<Uuid> = (0..1_200).map(|_| Uuid::new_v4()).collect();
+    let fresh = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO sent_mail (request_id, sent_at) \
+         SELECT id, now() - interval '8 days' FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&old)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO sent_mail (request_id) VALUES ($1)")
+        .bind(fresh)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO user_creation_requests (request_id, email, outcome, handled_at) \
+         SELECT id, 'taken@example.com', 'already_exists', now() - interval '8 days' \
+         FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&old)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    harness.stop_dbproc().await;
+    harness.start_dbproc(MailSettings::default()).await;
+
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("sent_mail").await > 1 || count("user_creation_requests").await > 0 {
+        assert!(Instant::now() < deadline, "the old records were not pruned");
+        // Polling the database: a short pause between polls, bounded by the deadline.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sent_mail WHERE request_id = $1)")
+            .bind(fresh)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(kept, "a fresh record was pruned");
+}
