@@ -7,6 +7,8 @@ pub mod counted_kafka;
 pub mod help;
 pub mod postgres;
 pub mod private_redis;
+pub mod private;
+pub mod process;
 pub mod services;
 pub mod smtp;
 pub mod tcp_proxy;

@@ -1,0 +1,409 @@
+//! The steady load: virtual users who sign up, read their code from the SMTP capture, verify,
+//! call `me`, sign in and call `me` again, retrying every 503 after its `Retry-After`. Every
+//! answer is counted against the phase during which its request was sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use broker_auth_testkit::smtp::SmtpCapture;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "correct horse battery";
+/// A request still unanswered after this long counts as hung.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a virtual user waits for its code mail before giving up on that signup.
+const MAIL_PATIENCE: Duration = Duration::from_secs(120);
+/// The most a virtual user waits before retrying a 503, whatever Retry-After says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// What one phase's requests came to.
+#[derive(Debug, Default, Clone)]
+pub struct PhaseCounts {
+    pub ok: u64,
+    pub unavailable: u64,
+    /// Anything else, by description (status and error code, "hung", "connection failed").
+    pub other: BTreeMap<String, u64>,
+}
+
+impl PhaseCounts {
+    pub fn others(&self) -> u64 {
+        self.other.values().sum()
+    }
+}
+
+/// A signup answered 202, and a verify answered 201.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub email: String,
+    pub phase: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub email: String,
+    pub user_id: String,
+    pub phase: usize,
+}
+
+/// Everything the load observed, shared by the virtual users.
+#[derive(Default)]
+pub struct Ledger {
+    phase: AtomicUsize,
+    counts: Mutex<Vec<PhaseCounts>>,
+    pub signups: Mutex<Vec<Accepted>>,
+    pub verified: Mutex<Vec<Verified>>,
+}
+
+impl Ledger {
+    pub fn new(phases: usize) -> Arc<Self> {
+        Arc::new(Self {
+            counts: Mutex::new(vec![PhaseCounts::default(); phases]),
+            ..Self::default()
+        })
+    }
+
+    pub fn set_phase(&self, phase: usize) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> usize {
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    pub fn counts(&self) -> Vec<PhaseCounts> {
+        lock(&self.counts).clone()
+    }
+
+    fn count(&self, phase: usize, outcome: &Outcome) {
+        let mut counts = lock(&self.counts);
+        let Some(counts) = counts.get_mut(phase) else {
+            return;
+        };
+        match outcome {
+            Outcome::Answered { status, .. } if status.is_success() => counts.ok += 1,
+            Outcome::Answered {
+                status,
+                retry_after: Some(_),
+                ..
+            } if *status == StatusCode::SERVICE_UNAVAILABLE => counts.unavailable += 1,
+            other => *counts.other.entry(other.describe()).or_default() += 1,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one request came to.
+#[derive(Debug)]
+pub enum Outcome {
+    Answered {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: Value,
+    },
+    Hung,
+    Failed(String),
+}
+
+impl Outcome {
+    fn describe(&self) -> String {
+        match self {
+            Outcome::Answered { status, body, .. } => {
+                let code = body["error"]["code"].as_str().unwrap_or("");
+                format!("{} {code}", status.as_u16()).trim().to_owned()
+            }
+            Outcome::Hung => format!("no answer within {REQUEST_TIMEOUT:?}"),
+            Outcome::Failed(error) => format!("connection failed: {error}"),
+        }
+    }
+
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Outcome::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One client with its own cookie jar against the API.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    ledger: Arc<Ledger>,
+}
+
+impl Client {
+    pub fn new(api: &str, ledger: Arc<Ledger>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .expect("an HTTP client"),
+            base: format!("{api}/api/v1/auth"),
+            ledger,
+        }
+    }
+
+    /// Sends one request and counts its outcome against the phase it was sent in.
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Outcome {
+        let phase = self.ledger.phase();
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let text = response.text().await.unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+                Outcome::Answered {
+                    status,
+                    retry_after,
+                    body,
+                }
+            }
+            Err(error) if error.is_timeout() => Outcome::Hung,
+            Err(error) => Outcome::Failed(error.to_string()),
+        };
+        self.ledger.count(phase, &outcome);
+        outcome
+    }
+
+    /// Sends until the answer is not a 503 (waiting Retry-After between tries), or `stop`.
+    /// Hung and failed requests are retried too: a real client would.
+    async fn until_answered(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        stop: &CancellationToken,
+    ) -> Option<(StatusCode, Value)> {
+        loop {
+            let outcome = self.send(method.clone(), path, body.clone()).await;
+            let wait = match outcome {
+                Outcome::Answered {
+                    status,
+                    retry_after,
+                    ..
+                } if status == StatusCode::SERVICE_UNAVAILABLE => {
+                    retry_after.unwrap_or(Duration::from_secs(1))
+                }
+                Outcome::Answered { status, body, .. } => return Some((status, body)),
+                Outcome::Hung | Outcome::Failed(_) => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                // Waiting as Retry-After asks, as a well-behaved client does.
+                () = tokio::time::sleep(wait.min(MAX_RETRY_WAIT)) => {}
+            }
+        }
+    }
+}
+
+/// A virtual user: one walk through every flow after another, until `stop`.
+pub async fn virtual_user(
+    api: String,
+    smtp: Arc<SmtpCapture>,
+    ledger: Arc<Ledger>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let client = Client::new(&api, ledger.clone());
+        walk(&client, &smtp, &ledger, &stop).await;
+    }
+}
+
+async fn walk(client: &Client, smtp: &SmtpCapture, ledger: &Ledger, stop: &CancellationToken) {
+    use reqwest::Method;
+    let email = format!("drill-{}@example.com", Uuid::new_v4().simple());
+    let signup = json!({ "email": email });
+    let Some((status, _)) = client
+        .until_answered(Method::POST, "/signup", Some(signup), stop)
+        .await
+    else {
+        return;
+    };
+    if status != StatusCode::ACCEPTED {
+        return;
+    }
+    lock(&ledger.signups).push(Accepted {
+        email: email.clone(),
+        phase: ledger.phase(),
+    });
+    let mut used_codes = Vec::new();
+    // A code mail may be followed by a newer one (a signup answered 503 whose mail went out
+    // anyway): verify with the newest code, and again if a newer one comes.
+    loop {
+        let Some(code) = newest_code(smtp, &email, &used_codes, stop).await else {
+            return;
+        };
+        used_codes.push(code.clone());
+        let verify = json!({ "email": email, "otp": code, "password": PASSWORD, "name": "Drill" });
+        let Some((status, body)) = client
+            .until_answered(Method::POST, "/verify", Some(verify), stop)
+            .await
+        else {
+            return;
+        };
+        if status == StatusCode::CREATED {
+            lock(&ledger.verified).push(Verified {
+                email: email.clone(),
+                user_id: body["user"]["id"].as_str().unwrap_or_default().to_owned(),
+                phase: ledger.phase(),
+            });
+            break;
+        }
+        if status != StatusCode::BAD_REQUEST {
+            return;
+        }
+    }
+    for (method, path, body) in [
+        (Method::GET, "/me", None),
+        (
+            Method::POST,
+            "/signin",
+            Some(json!({ "email": email, "password": PASSWORD })),
+        ),
+        (Method::GET, "/me", None),
+    ] {
+        match client.until_answered(method, path, body, stop).await {
+            Some((status, _)) if status.is_success() => {}
+            _ => return,
+        }
+    }
+}
+
+/// The code of the newest mail to `email` not in `used`, waiting for one to arrive.
+async fn newest_code(
+    smtp: &SmtpCapture,
+    email: &str,
+    used: &[String],
+    stop: &CancellationToken,
+) -> Option<String> {
+    let fresh = |mail: &broker_auth_testkit::smtp::ReceivedMail| {
+        mail.is_to(email)
+            && broker_auth_e2e::extract_code(&mail.text()).is_some_and(|c| !used.contains(&c))
+    };
+    let arrived = tokio::select! {
+        () = stop.cancelled() => return None,
+        arrived = smtp.wait_for(fresh, MAIL_PATIENCE) => arrived,
+    };
+    arrived?;
+    smtp.messages()
+        .iter()
+        .rev()
+        .find(|mail| fresh(mail))
+        .and_then(|mail| broker_auth_e2e::extract_code(&mail.text()))
+}
+
+/// Probe users, registered before the drill, whose addresses spread over every partition.
+pub struct Probe {
+    users: Vec<String>,
+    api: String,
+}
+
+impl Probe {
+    /// Registers `count` users (the drill's first requests, before any fault).
+    pub async fn register(
+        api: &str,
+        smtp: &SmtpCapture,
+        count: usize,
+    ) -> Result<Self, crate::system::Error> {
+        let ledger = Ledger::new(0);
+        let stop = CancellationToken::new();
+        for _ in 0..count {
+            walk(&Client::new(api, ledger.clone()), smtp, &ledger, &stop).await;
+        }
+        let users = lock(&ledger.verified)
+            .iter()
+            .map(|v| v.email.clone())
+            .collect::<Vec<_>>();
+        if users.len() < count {
+            return Err(format!(
+                "only {} of {count} probe users could be registered",
+                users.len()
+            )
+            .into());
+        }
+        Ok(Self {
+            users,
+            api: api.to_owned(),
+        })
+    }
+
+    /// One round: every probe user signs in and calls `me`, and as many fresh addresses sign
+    /// up, each request once. True when every answer was a success.
+    pub async fn round(&self) -> bool {
+        let ledger = Ledger::new(0);
+        let rounds = self.users.iter().map(|email| {
+            let client = Client::new(&self.api, ledger.clone());
+            async move {
+                let signin = json!({ "email": email, "password": PASSWORD });
+                let signup =
+                    json!({ "email": format!("probe-{}@example.com", Uuid::new_v4().simple()) });
+                let signed_in = client
+                    .send(reqwest::Method::POST, "/signin", Some(signin))
+                    .await
+                    .status()
+                    .is_some_and(|s| s.is_success());
+                let me = signed_in
+                    && client
+                        .send(reqwest::Method::GET, "/me", None)
+                        .await
+                        .status()
+                        .is_some_and(|s| s.is_success());
+                let signed_up = client
+                    .send(reqwest::Method::POST, "/signup", Some(signup))
+                    .await
+                    .status()
+                    .is_some_and(|s| s.is_success());
+                me && signed_up
+            }
+        });
+        futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
+
+    /// Seconds from `since` until a probe round succeeds, or `None` after `limit`.
+    pub async fn recovered_after(&self, since: Instant, limit: Duration) -> Option<f64> {
+        while since.elapsed() < limit {
+            let round_started = Instant::now();
+            if self.round().await {
+                return Some(since.elapsed().as_secs_f64());
+            }
+            // Between failed rounds: at most a few per second, bounded by `limit`.
+            let pause = Duration::from_millis(250).saturating_sub(round_started.elapsed());
+            tokio::time::sleep(pause).await;
+        }
+        None
+    }
+}
+
+/// Per email: how many signups were answered 202, and in which phase the last one was.
+pub fn accepted_signups(signups: &[Accepted]) -> HashMap<String, (u64, usize)> {
+    let mut by_email: HashMap<String, (u64, usize)> = HashMap::new();
+    for signup in signups {
+        let entry = by_email.entry(signup.email.clone()).or_default();
+        entry.0 += 1;
+        entry.1 = signup.phase;
+    }
+    by_email
+}
