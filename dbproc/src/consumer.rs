@@ -8,11 +8,10 @@
 //! session timeout is seconds, and cooperative-sticky assignment (the kafka crate's consumer
 //! settings) leaves the partitions that do not move alone during a rebalance.
 //!
-//! librdkafka hands rebalances to the application only inside a poll, and a worker retrying one
-//! record (database or SMTP down) does not poll: with the eager assignors a rebalance waits for
-//! it, up to `max.poll.interval.ms`, while the other members sit without partitions.
-//! `dbproc_consumer_retrying_records` shows when that is the case. (Serving rebalances during a
-//! retry is not done yet.)
+//! librdkafka hands rebalances to the application only inside a poll. A worker retrying one
+//! record (database or SMTP down) therefore keeps polling: on its first retry it pauses every
+//! partition it holds ([`HeldRecord`]), so polls serve rebalances and deliver no records, and it
+//! resumes them when the record is done. A rebalance never waits for a retry.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use broker_auth_kafka::rdkafka::error::{KafkaError, KafkaResult};
 use broker_auth_kafka::rdkafka::message::BorrowedMessage;
 use broker_auth_kafka::rdkafka::topic_partition_list::TopicPartitionList;
 use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
+use broker_auth_kafka::rdkafka::{Offset, TopicPartitionList as Partitions};
 
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,9 @@ pub struct MembershipContext {
     name: ConsumerName,
     joined: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// A record is in retry and every partition is paused: partitions assigned meanwhile are
+    /// paused too, so the polls that serve the group deliver nothing.
+    holding: AtomicBool,
 }
 
 impl ClientContext for MembershipContext {}
@@ -76,6 +79,12 @@ impl ConsumerContext for MembershipContext {
         };
         match rebalance {
             Rebalance::Assign(partitions) | Rebalance::Revoke(partitions) => {
+                if matches!(rebalance, Rebalance::Assign(_))
+                    && self.holding.load(Ordering::Acquire)
+                    && let Err(error) = consumer.pause(partitions)
+                {
+                    tracing::warn!(consumer = self.name.label(), %error, "could not pause newly assigned partitions during a retry");
+                }
                 let assigned = consumer.assignment().map(|list| list.count()).unwrap_or(0);
                 let event = if matches!(rebalance, Rebalance::Assign(_)) {
                     self.joined.store(true, Ordering::Release);
@@ -167,6 +176,7 @@ pub fn group_consumer(
         name,
         joined: joined.clone(),
         metrics,
+        holding: AtomicBool::new(false),
     };
     Ok((config.create_with_context(context)?, joined))
 }
@@ -224,12 +234,23 @@ pub enum Abandoned {
 
 /// The record a worker is working on: its attempts and the waits between them end at shutdown,
 /// and a partition no longer assigned is not committed.
+///
+/// On the first retry it pauses every partition of the consumer and from then on polls the
+/// consumer during every wait and attempt, so the group's rebalances are served while the
+/// record is retried (a paused partition delivers nothing; librdkafka drops what it had
+/// prefetched and, on resume, fetches again from the next offset the application has not seen).
+/// [`HeldRecord::release`] resumes them. A record that a poll delivers all the same (none
+/// should) is not lost: its partition is rewound to it on release.
 pub struct HeldRecord<'h> {
     consumer: &'h GroupConsumer,
     name: ConsumerName,
     topic: String,
     partition: i32,
     shutdown: &'h CancellationToken,
+    /// Whether this record paused the consumer (it is in retry).
+    holding: bool,
+    /// Where to rewind partitions a poll delivered records of while holding.
+    rewind: Vec<(String, i32, i64)>,
 }
 
 impl<'h> HeldRecord<'h> {
@@ -245,6 +266,8 @@ impl<'h> HeldRecord<'h> {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             shutdown,
+            holding: false,
+            rewind: Vec::new(),
         }
     }
 
@@ -272,19 +295,106 @@ impl<'h> HeldRecord<'h> {
     /// Waits `delay` before the next attempt, and goes on even if the partition was revoked:
     /// for work that must be finished once begun.
     pub async fn wait_through_revocation(&mut self, delay: Duration) -> Result<(), Abandoned> {
+        self.hold();
+        let consumer = self.consumer;
+        let name = self.name;
+        let rewind = &mut self.rewind;
         tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(Abandoned::Shutdown),
             () = tokio::time::sleep(delay) => Ok(()),
+            never = serve_group(consumer, name, rewind) => match never {},
         }
     }
 
-    /// Runs one attempt of the work; only shutdown cuts it short.
+    /// Runs one attempt of the work; only shutdown cuts it short. In retry, the group is served
+    /// while the attempt runs.
     pub async fn attempt<F: Future>(&mut self, work: F) -> Result<F::Output, Abandoned> {
+        if !self.holding {
+            return tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => Err(Abandoned::Shutdown),
+                output = work => Ok(output),
+            };
+        }
+        let consumer = self.consumer;
+        let name = self.name;
+        let rewind = &mut self.rewind;
         tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(Abandoned::Shutdown),
             output = work => Ok(output),
+            never = serve_group(consumer, name, rewind) => match never {},
+        }
+    }
+
+    /// Pauses every partition the consumer holds, once per record.
+    fn hold(&mut self) {
+        if self.holding {
+            return;
+        }
+        self.holding = true;
+        self.consumer.context().holding.store(true, Ordering::Release);
+        let paused = self
+            .consumer
+            .assignment()
+            .and_then(|assignment| self.consumer.pause(&assignment));
+        if let Err(error) = paused {
+            tracing::warn!(consumer = self.name.label(), %error, "could not pause the partitions during a retry");
+        }
+    }
+
+    /// The record is done (or given up): resumes the partitions paused for its retry, and
+    /// rewinds any partition a poll delivered records of meanwhile.
+    pub fn release(self) {
+        if !self.holding {
+            return;
+        }
+        let context = self.consumer.context();
+        context.holding.store(false, Ordering::Release);
+        let resumed = self
+            .consumer
+            .assignment()
+            .and_then(|assignment| self.consumer.resume(&assignment));
+        if let Err(error) = resumed {
+            tracing::error!(consumer = self.name.label(), %error, "could not resume the partitions after a retry");
+        }
+        for (topic, partition, offset) in self.rewind {
+            if !is_assigned(self.consumer, &topic, partition) {
+                continue; // Its new owner starts from the committed offset.
+            }
+            if let Err(error) =
+                self.consumer
+                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+            {
+                tracing::error!(consumer = self.name.label(), %topic, partition, offset, %error, "could not rewind to a record delivered during a retry");
+            }
+        }
+    }
+}
+
+/// Polls `consumer` for ever, so librdkafka serves the group's rebalances while a record is in
+/// retry. The partitions are paused, so no record should come; one that does is noted for a
+/// rewind on release (the earliest per partition), never dropped.
+async fn serve_group(
+    consumer: &GroupConsumer,
+    name: ConsumerName,
+    rewind: &mut Vec<(String, i32, i64)>,
+) -> std::convert::Infallible {
+    loop {
+        match consumer.recv().await {
+            Ok(message) => {
+                let (topic, partition, offset) =
+                    (message.topic(), message.partition(), message.offset());
+                tracing::debug!(consumer = name.label(), topic, partition, offset, "a record came in during a retry; it is read again afterwards");
+                if !rewind.iter().any(|(t, p, _)| t == topic && *p == partition) {
+                    rewind.push((topic.to_owned(), partition, offset));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(consumer = name.label(), %error, "consumer error while serving the group during a retry");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

@@ -73,11 +73,15 @@ impl DirectoryWorker {
         {
             let mut held =
                 HeldRecord::new(&self.consumer, ConsumerName::Directory, &message, &shutdown);
-            match self.process(&message, &mut held).await {
+            let outcome = self.process(&message, &mut held).await;
+            match outcome {
                 Ok(()) if held.still_assigned() => consumer::commit(&self.consumer, &message),
                 // Answered, but the partition moved meanwhile: its new owner answers it again.
-                Ok(()) | Err(Abandoned::Revoked) => {}
-                Err(Abandoned::Shutdown) => break,
+                Ok(()) | Err(Abandoned::Revoked) | Err(Abandoned::Shutdown) => {}
+            }
+            held.release();
+            if outcome == Err(Abandoned::Shutdown) {
+                break;
             }
         }
     }

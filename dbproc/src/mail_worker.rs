@@ -54,10 +54,15 @@ impl MailWorker {
             let traceparent = header_str(message.headers(), headers::TRACEPARENT);
             broker_auth_telemetry::set_remote_parent(&span, traceparent);
             let mut held = HeldRecord::new(&self.consumer, ConsumerName::Mail, &message, &shutdown);
-            match self.process(&message, &mut held).instrument(span).await {
+            let outcome = self.process(&message, &mut held).instrument(span).await;
+            match outcome {
                 Ok(()) if held.still_assigned() => consumer::commit(&self.consumer, &message),
-                Ok(()) | Err(Abandoned::Revoked) => {}
-                Err(Abandoned::Shutdown) => break,
+                // Answered, but the partition moved meanwhile: its new owner answers it again.
+                Ok(()) | Err(Abandoned::Revoked) | Err(Abandoned::Shutdown) => {}
+            }
+            held.release();
+            if outcome == Err(Abandoned::Shutdown) {
+                break;
             }
         }
     }

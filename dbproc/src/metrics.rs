@@ -136,7 +136,7 @@ impl Default for Metrics {
         let retrying_records = Family::<ConsumerLabels, Gauge>::default();
         registry.register(
             "consumer_retrying_records",
-            "1 while a consumer holds a record it is retrying (database or SMTP unavailable): its partitions are paused behind it",
+            "1 while a consumer retries a record (database or SMTP unavailable): its partitions are paused behind it, and it keeps serving the group's rebalances",
             retrying_records.clone(),
         );
         let offset_commit_failures = Family::<ConsumerLabels, Counter>::default();

@@ -200,3 +200,78 @@ async fn a_replica_killed_and_restarted_takes_its_partitions_back_without_a_reba
 async fn a_replica_stopped_and_restarted_takes_its_partitions_back_without_a_rebalance() {
     a_replica_restarted_after("TERM").await;
 }
+
+/// A replica retrying a record (its database unreachable) still serves the group: a replica
+/// that joins meanwhile gets partitions at once and answers their requests, instead of waiting
+/// for the retry to end (up to `max.poll.interval.ms`, five minutes). Nothing is lost: the held
+/// request and the ones behind it are answered once the database is back.
+///
+/// Without the pause-and-poll of `HeldRecord` the new replica never gets a partition within
+/// the deadline: the rebalance waits for the first replica's next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_in_retry_does_not_hold_up_a_rebalance() {
+    let harness = Harness::start("retry-rebalance").await;
+    let mut replies = harness.reply_reader();
+    harness
+        .poll_http("/readyz", PATIENCE, |status, _| status == 200)
+        .await;
+    harness.database_proxy.cut().await;
+    let held = harness
+        .request(
+            RequestKind::ExistenceCheck,
+            Uuid::new_v4(),
+            json!({"email": "held@example.com"}),
+        )
+        .await;
+    harness
+        .poll_http("/metrics", PATIENCE, |_, body| {
+            metric_value(body, "dbproc_consumer_retrying_records{consumer=\"directory\"}") >= 1.0
+        })
+        .await;
+
+    // A second replica that reaches the database directly joins while the record is in retry.
+    let replica = harness.start_replica_with(harness.database.url()).await;
+    poll(
+        &replica.url("/readyz"),
+        "the new replica gets partitions while the first retries",
+        |status, body| status == 200 && assigned(body, "directory") > 0,
+    )
+    .await;
+
+    // Requests on every partition: those on the new replica's partitions are answered now.
+    let mut correlations = Vec::new();
+    for n in 0..4 * PARTITIONS {
+        correlations.push(
+            harness
+                .request(
+                    RequestKind::ExistenceCheck,
+                    Uuid::new_v4(),
+                    json!({"email": format!("behind-{n}@example.com")}),
+                )
+                .await,
+        );
+    }
+    replies
+        .wait_for("a reply from the new replica", PATIENCE, |record| {
+            record
+                .header(broker_auth_contract::headers::CORRELATION_ID)
+                .is_some_and(|id| correlations.iter().any(|c| c == id))
+        })
+        .await;
+
+    // The database comes back: every request is answered, the held one too (one whose partition
+    // moved may be answered twice, identically: handling is idempotent).
+    harness.database_proxy.restore().await.unwrap();
+    for correlation in correlations.iter().chain([&held]) {
+        replies.reply(correlation).await;
+    }
+    for correlation in correlations.iter().chain([&held]) {
+        let answers = replies
+            .seen()
+            .iter()
+            .filter(|r| r.header(broker_auth_contract::headers::CORRELATION_ID) == Some(correlation))
+            .count();
+        assert!(answers >= 1, "{correlation} was never answered");
+    }
+    drop(replica);
+}

@@ -322,8 +322,11 @@ impl ClusterClients {
     ) -> Result<Vec<(String, i32)>> {
         let metadata = self.offsets.clone();
         let topics = topics.to_vec();
-        tokio::task::spawn_blocking(move || lag::partition_counts(&metadata, &topics, timeout))
-            .await?
+        let counts = tokio::task::spawn_blocking(move || {
+            broker_auth_kafka::partition_counts_blocking(&*metadata, &topics, timeout)
+        })
+        .await??;
+        Ok(counts)
     }
 }
 

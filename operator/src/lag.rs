@@ -76,35 +76,6 @@ impl ConsumerLag {
     }
 }
 
-/// The partition count of each topic, from one metadata request per topic; fails when one is
-/// missing.
-pub fn partition_counts(
-    client: &BaseConsumer,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<Vec<(String, i32)>> {
-    topics
-        .iter()
-        .map(|topic| {
-            let metadata = client
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(Error::KafkaClient)?;
-            let count = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len())
-                .unwrap_or(0);
-            if count == 0 {
-                return Err(Error::Kafka(broker_auth_kafka::Error::MissingTopic(
-                    topic.clone(),
-                )));
-            }
-            Ok((topic.clone(), i32::try_from(count).unwrap_or(i32::MAX)))
-        })
-        .collect()
-}
-
 /// Reads offsets for `group` over every partition of `topics`: one OffsetFetch for the commits
 /// and one ListOffsets per partition leader for each end of the log (librdkafka groups the
 /// partitions of one list by leader), instead of a request per partition. Blocks.
@@ -117,7 +88,7 @@ pub fn read_offsets(
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, i32, PartitionOffsets)>> {
-    let partition_counts = partition_counts(client, topics, timeout)?;
+    let partition_counts = broker_auth_kafka::partition_counts_blocking(client, topics, timeout)?;
     let list = |offset: Offset| -> Result<TopicPartitionList> {
         let mut list = TopicPartitionList::new();
         for (topic, count) in &partition_counts {

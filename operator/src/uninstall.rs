@@ -23,13 +23,7 @@ pub async fn delete_brokerauths(
 ) -> Result<Vec<String>> {
     let api: Api<BrokerAuth> = Api::namespaced(client, namespace);
     let selected = ListParams::default().labels(selector);
-    let deleted: Vec<String> = api
-        .list(&selected)
-        .await?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    let deleted = names(&api, &selected).await?;
     for name in &deleted {
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => tracing::info!(%namespace, %name, "deleting BrokerAuth"),
@@ -39,13 +33,7 @@ pub async fn delete_brokerauths(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let left: Vec<String> = api
-            .list(&selected)
-            .await?
-            .items
-            .iter()
-            .map(ResourceExt::name_any)
-            .collect();
+        let left = names(&api, &selected).await?;
         if left.is_empty() {
             return Ok(deleted);
         }
@@ -58,4 +46,15 @@ pub async fn delete_brokerauths(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The names of the BrokerAuths `selected` lists.
+async fn names(api: &Api<BrokerAuth>, selected: &ListParams) -> Result<Vec<String>> {
+    Ok(api
+        .list(selected)
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect())
 }

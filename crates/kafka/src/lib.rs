@@ -285,27 +285,35 @@ pub async fn partition_counts(
     let client = settings.metadata_client()?;
     let topics = topics.to_vec();
     // librdkafka's metadata call blocks; keep it off the async runtime.
-    tokio::task::spawn_blocking(move || {
-        topics
-            .into_iter()
-            .map(|topic| {
-                let metadata = client
-                    .fetch_metadata(Some(&topic), timeout)
-                    .map_err(Error::Metadata)?;
-                let count = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-                    .unwrap_or(0);
-                if count == 0 {
-                    return Err(Error::MissingTopic(topic));
-                }
-                Ok((topic, i32::try_from(count).unwrap_or(i32::MAX)))
-            })
-            .collect()
-    })
-    .await?
+    tokio::task::spawn_blocking(move || partition_counts_blocking(&client, &topics, timeout))
+        .await?
+}
+
+/// [`partition_counts`] with a client of the caller's, from one metadata request per topic.
+/// Blocks: call it off the async runtime.
+pub fn partition_counts_blocking<C: Consumer>(
+    client: &C,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, i32)>> {
+    topics
+        .iter()
+        .map(|topic| {
+            let metadata = client
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(Error::Metadata)?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if count == 0 {
+                return Err(Error::MissingTopic(topic.clone()));
+            }
+            Ok((topic.clone(), i32::try_from(count).unwrap_or(i32::MAX)))
+        })
+        .collect()
 }
 
 /// Whether the cluster answers a metadata request within `timeout`.

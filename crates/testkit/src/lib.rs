@@ -6,7 +6,6 @@
 pub mod counted_kafka;
 pub mod help;
 pub mod postgres;
-pub mod private_redis;
 pub mod private;
 pub mod process;
 pub mod services;

@@ -196,7 +196,8 @@ async fn is_root() -> bool {
 }
 
 /// A redis-server of its own that keeps its data across a restart (append-only file, fsync
-/// on every write), as a production Redis would.
+/// on every write), as a production Redis would. Tests that must change its settings or fill
+/// it up use one of these, never the shared Redis.
 #[derive(Debug)]
 pub struct PrivateRedis {
     _dir: TempDir,
@@ -206,6 +207,11 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start() -> io::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`PrivateRedis::start`], with `extra` settings (e.g. `["--maxmemory", "4mb"]`).
+    pub async fn start_with(extra: &[&str]) -> io::Result<Self> {
         let dir = TempDir::new("redis")?;
         let port = free_port()?;
         let process =
@@ -224,7 +230,8 @@ impl PrivateRedis {
                     "--save",
                     "",
                 ],
-            );
+            )
+            .args(extra.iter().copied());
         let mut redis = Self {
             _dir: dir,
             port,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use broker_auth_contract::{RequestKind, Topics};
 use broker_auth_e2e::{Client, Mode, Options, PATIENCE, REPLY_TIMEOUT, TestEnv, metric_sum};
 use broker_auth_kafka::KafkaSettings;
-use broker_auth_testkit::private_redis::PrivateRedis;
+use broker_auth_testkit::private::PrivateRedis;
 use broker_auth_testkit::services;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -187,7 +187,9 @@ async fn verifies_answered_503_while_dbproc_is_down_use_up_no_code_attempt() {
 async fn a_full_redis_that_refuses_writes_gets_503_with_retry_after_not_a_500() {
     // A private Redis with the chart's policy: refuse writes when full, evict nothing.
     let redis =
-        PrivateRedis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
+        PrivateRedis::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+            .await
+            .expect("a private redis-server (apt-get install redis-server)");
     let options = Options {
         redis_url: Some(redis.url()),
         ..Options::default()
