@@ -13,14 +13,16 @@
 //! partition it holds ([`HeldRecord`]), so polls serve rebalances and deliver no records, and it
 //! resumes them when the record is done. A rebalance never waits for a retry.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_kafka::rdkafka::ClientContext;
 use broker_auth_kafka::rdkafka::Message;
+use broker_auth_kafka::rdkafka::Offset;
 use broker_auth_kafka::rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -28,7 +30,6 @@ use broker_auth_kafka::rdkafka::error::{KafkaError, KafkaResult};
 use broker_auth_kafka::rdkafka::message::BorrowedMessage;
 use broker_auth_kafka::rdkafka::topic_partition_list::TopicPartitionList;
 use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
-use broker_auth_kafka::rdkafka::{Offset, TopicPartitionList as Partitions};
 
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,10 @@ pub struct MembershipContext {
     /// A record is in retry and every partition is paused: partitions assigned meanwhile are
     /// paused too, so the polls that serve the group deliver nothing.
     holding: AtomicBool,
+    /// The partitions held, followed from the rebalance events themselves: asking librdkafka
+    /// for its assignment inside a rebalance callback deadlocks when the callback runs from
+    /// the consumer's close.
+    assigned: Mutex<HashSet<(String, i32)>>,
 }
 
 impl ClientContext for MembershipContext {}
@@ -79,19 +84,39 @@ impl ConsumerContext for MembershipContext {
         };
         match rebalance {
             Rebalance::Assign(partitions) | Rebalance::Revoke(partitions) => {
-                if matches!(rebalance, Rebalance::Assign(_))
-                    && self.holding.load(Ordering::Acquire)
-                    && let Err(error) = consumer.pause(partitions)
-                {
-                    tracing::warn!(consumer = self.name.label(), %error, "could not pause newly assigned partitions during a retry");
+                if matches!(rebalance, Rebalance::Assign(_)) {
+                    // librdkafka keeps a partition's pause across revocation and reassignment:
+                    // one paused during a retry is resumed when assigned again, unless a retry
+                    // is going on now, in which case it is paused like the others.
+                    let result = if self.holding.load(Ordering::Acquire) {
+                        consumer.pause(partitions)
+                    } else {
+                        consumer.resume(partitions)
+                    };
+                    if let Err(error) = result {
+                        tracing::warn!(consumer = self.name.label(), %error, "could not pause or resume newly assigned partitions");
+                    }
                 }
-                let assigned = consumer.assignment().map(|list| list.count()).unwrap_or(0);
+                let moved = partitions
+                    .elements()
+                    .into_iter()
+                    .map(|p| (p.topic().to_owned(), p.partition()));
+                let mut held = self
+                    .assigned
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let event = if matches!(rebalance, Rebalance::Assign(_)) {
+                    held.extend(moved);
                     self.joined.store(true, Ordering::Release);
                     "assign"
                 } else {
+                    for partition in moved {
+                        held.remove(&partition);
+                    }
                     "revoke"
                 };
+                let assigned = held.len();
+                drop(held);
                 self.metrics
                     .assigned_partitions
                     .get_or_create(&labels)
@@ -177,14 +202,18 @@ pub fn group_consumer(
         joined: joined.clone(),
         metrics,
         holding: AtomicBool::new(false),
+        assigned: Mutex::new(HashSet::new()),
     };
     Ok((config.create_with_context(context)?, joined))
 }
 
 fn is_assigned(consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
     consumer
-        .assignment()
-        .is_ok_and(|assignment| assignment.find_partition(topic, partition).is_some())
+        .context()
+        .assigned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&(topic.to_owned(), partition))
 }
 
 /// The next record of `consumer`, or `None` once `shutdown` is cancelled. librdkafka reconnects
@@ -334,7 +363,10 @@ impl<'h> HeldRecord<'h> {
             return;
         }
         self.holding = true;
-        self.consumer.context().holding.store(true, Ordering::Release);
+        self.consumer
+            .context()
+            .holding
+            .store(true, Ordering::Release);
         let paused = self
             .consumer
             .assignment()
@@ -352,6 +384,7 @@ impl<'h> HeldRecord<'h> {
         }
         let context = self.consumer.context();
         context.holding.store(false, Ordering::Release);
+        // What is assigned now; partitions revoked meanwhile are resumed when assigned again.
         let resumed = self
             .consumer
             .assignment()
@@ -363,10 +396,12 @@ impl<'h> HeldRecord<'h> {
             if !is_assigned(self.consumer, &topic, partition) {
                 continue; // Its new owner starts from the committed offset.
             }
-            if let Err(error) =
-                self.consumer
-                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
-            {
+            if let Err(error) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
                 tracing::error!(consumer = self.name.label(), %topic, partition, offset, %error, "could not rewind to a record delivered during a retry");
             }
         }
@@ -386,7 +421,13 @@ async fn serve_group(
             Ok(message) => {
                 let (topic, partition, offset) =
                     (message.topic(), message.partition(), message.offset());
-                tracing::debug!(consumer = name.label(), topic, partition, offset, "a record came in during a retry; it is read again afterwards");
+                tracing::debug!(
+                    consumer = name.label(),
+                    topic,
+                    partition,
+                    offset,
+                    "a record came in during a retry; it is read again afterwards"
+                );
                 if !rewind.iter().any(|(t, p, _)| t == topic && *p == partition) {
                     rewind.push((topic.to_owned(), partition, offset));
                 }

@@ -10,7 +10,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use broker_auth_contract::Envelope;
 use serde_json::json;
 use support::{Harness, MailSettings};
 use uuid::Uuid;
@@ -20,11 +19,12 @@ async fn a_redelivered_mail_request_is_not_sent_twice() {
     let harness = Harness::start("mail-once").await;
     let request_id = Uuid::new_v4();
     let to = "once@example.com";
-    let payload = serde_json::to_vec(&Envelope::new(
+    let payload = support::sealed_mail(
+        support::MAIL_SEAL_KEY,
         request_id,
-        json!({"to": to, "template": "signup_code", "code": "271828", "expires_in_minutes": 5}),
-    ))
-    .unwrap();
+        to,
+        &json!({"template": "signup_code", "code": "271828", "expires_in_minutes": 5}),
+    );
     // The same record twice, as a crash after sending but before the offset commit delivers it.
     let mail_topic = harness.topics.mail();
     harness.produce(&mail_topic, to, &payload, &[]).await;

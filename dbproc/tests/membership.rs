@@ -46,6 +46,7 @@ fn spawn_binary(harness: &Harness, instance_id: &str, metrics_port: u16) -> Chil
             &format!("127.0.0.1:{metrics_port}"),
         ])
         .env("RUST_LOG", "warn")
+        .env("MAIL_SEAL_KEY", support::MAIL_SEAL_KEY)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -210,7 +211,7 @@ async fn a_replica_stopped_and_restarted_takes_its_partitions_back_without_a_reb
 /// the deadline: the rebalance waits for the first replica's next poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_in_retry_does_not_hold_up_a_rebalance() {
-    let harness = Harness::start("retry-rebalance").await;
+    let mut harness = Harness::start("retry-rebalance").await;
     let mut replies = harness.reply_reader();
     harness
         .poll_http("/readyz", PATIENCE, |status, _| status == 200)
@@ -225,7 +226,10 @@ async fn a_record_in_retry_does_not_hold_up_a_rebalance() {
         .await;
     harness
         .poll_http("/metrics", PATIENCE, |_, body| {
-            metric_value(body, "dbproc_consumer_retrying_records{consumer=\"directory\"}") >= 1.0
+            metric_value(
+                body,
+                "dbproc_consumer_retrying_records{consumer=\"directory\"}",
+            ) >= 1.0
         })
         .await;
 
@@ -269,7 +273,9 @@ async fn a_record_in_retry_does_not_hold_up_a_rebalance() {
         let answers = replies
             .seen()
             .iter()
-            .filter(|r| r.header(broker_auth_contract::headers::CORRELATION_ID) == Some(correlation))
+            .filter(|r| {
+                r.header(broker_auth_contract::headers::CORRELATION_ID) == Some(correlation)
+            })
             .count();
         assert!(answers >= 1, "{correlation} was never answered");
     }

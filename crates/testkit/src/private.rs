@@ -215,8 +215,8 @@ impl PrivateRedis {
         let dir = TempDir::new("redis")?;
         let port = free_port()?;
         let process =
-            ManagedProcess::new("redis-server", "redis-server", dir.path().join("redis.log")).args(
-                [
+            ManagedProcess::new("redis-server", "redis-server", dir.path().join("redis.log"))
+                .args([
                     "--port",
                     &port.to_string(),
                     "--bind",
@@ -229,9 +229,8 @@ impl PrivateRedis {
                     "always",
                     "--save",
                     "",
-                ],
-            )
-            .args(extra.iter().copied());
+                ])
+                .args(extra.iter().copied());
         let mut redis = Self {
             _dir: dir,
             port,

@@ -22,6 +22,7 @@ fn user(n: usize) -> UserCreation {
         email: format!("user-{n}@example.com"),
         name: "Record Keeper".into(),
         password_hash: HASH.into(),
+        request_digest: None,
     }
 }
 

@@ -202,6 +202,14 @@ impl Harness {
     }
 
     pub async fn start_with(test: &str, mail: MailSettings) -> Self {
+        // `RUST_LOG=broker_auth_dbproc=debug cargo nextest run … --no-capture` shows what the
+        // in-process replicas do.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         require_kafka().await;
         let topics = Topics::new(unique_prefix(test)).unwrap();
         let mut kafka = KafkaSettings::new(kafka_brokers());
@@ -405,26 +413,7 @@ impl Harness {
 
     /// [`Harness::mail`] with the code sealed under another `MAIL_SEAL_KEY`.
     pub async fn mail_sealed_with(&self, seal_key: &str, to: &str, template: Value) {
-        let template = match template["template"].as_str() {
-            Some("signup_code") => MailTemplate::SignupCode {
-                code: template["code"].as_str().unwrap().to_owned(),
-                expires_in_minutes: template["expires_in_minutes"]
-                    .as_u64()
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            },
-            Some("account_exists") => MailTemplate::AccountExists,
-            other => panic!("no such mail template: {other:?}"),
-        };
-        let mail = MailRequest {
-            to: to.to_owned(),
-            template,
-        };
-        let sealed = MailSealKey::from_secret(seal_key.as_bytes())
-            .unwrap()
-            .seal(mail);
-        let payload = Envelope::new(Uuid::new_v4(), sealed).to_json();
+        let payload = sealed_mail(seal_key, Uuid::new_v4(), to, &template);
         self.produce(&self.topics.mail(), to, &payload, &[]).await;
     }
 
@@ -453,4 +442,29 @@ impl Drop for Harness {
             running.shutdown.cancel();
         }
     }
+}
+
+/// The mail-topic payload of request `request_id`: `template` as [`Harness::mail`] takes it,
+/// with its code sealed under `seal_key`.
+pub fn sealed_mail(seal_key: &str, request_id: Uuid, to: &str, template: &Value) -> Vec<u8> {
+    let template = match template["template"].as_str() {
+        Some("signup_code") => MailTemplate::SignupCode {
+            code: template["code"].as_str().unwrap().to_owned(),
+            expires_in_minutes: template["expires_in_minutes"]
+                .as_u64()
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        },
+        Some("account_exists") => MailTemplate::AccountExists,
+        other => panic!("no such mail template: {other:?}"),
+    };
+    let mail = MailRequest {
+        to: to.to_owned(),
+        template,
+    };
+    let sealed = MailSealKey::from_secret(seal_key.as_bytes())
+        .unwrap()
+        .seal(mail);
+    Envelope::new(request_id, sealed).to_json()
 }
