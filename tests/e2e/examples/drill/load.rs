@@ -3,6 +3,7 @@
 //! answer is counted against the phase during which its request was sent.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -141,12 +142,29 @@ pub struct Client {
     ledger: Arc<Ledger>,
 }
 
+/// The client address of the `n`th client of `kind` (`VIRTUAL_USERS` or `PROBES`): each gets its
+/// own loopback address, as separate people would have, so the API's per-IP limits and its one
+/// hashing place per client address see separate clients.
+pub fn source(kind: u8, n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        kind,
+        0,
+        1 + u8::try_from(n % 250).unwrap_or(0),
+    ))
+}
+
+/// The second octet of the virtual users' and the probe's client addresses.
+pub const VIRTUAL_USERS: u8 = 2;
+pub const PROBES: u8 = 3;
+
 impl Client {
-    pub fn new(api: &str, ledger: Arc<Ledger>) -> Self {
+    pub fn new(api: &str, ledger: Arc<Ledger>, source: IpAddr) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .cookie_store(true)
                 .timeout(REQUEST_TIMEOUT)
+                .local_address(source)
                 .build()
                 .expect("an HTTP client"),
             base: format!("{api}/api/v1/auth"),
@@ -222,9 +240,10 @@ pub async fn virtual_user(
     smtp: Arc<SmtpCapture>,
     ledger: Arc<Ledger>,
     stop: CancellationToken,
+    source: IpAddr,
 ) {
     while !stop.is_cancelled() {
-        let client = Client::new(&api, ledger.clone());
+        let client = Client::new(&api, ledger.clone(), source);
         walk(&client, &smtp, &ledger, &stop).await;
     }
 }
@@ -327,8 +346,9 @@ impl Probe {
     ) -> Result<Self, crate::system::Error> {
         let ledger = Ledger::new(0);
         let stop = CancellationToken::new();
-        for _ in 0..count {
-            walk(&Client::new(api, ledger.clone()), smtp, &ledger, &stop).await;
+        for n in 0..count {
+            let client = Client::new(api, ledger.clone(), source(PROBES, n));
+            walk(&client, smtp, &ledger, &stop).await;
         }
         let users = lock(&ledger.verified)
             .iter()
@@ -351,8 +371,8 @@ impl Probe {
     /// up, each request once. True when every answer was a success.
     pub async fn round(&self) -> bool {
         let ledger = Ledger::new(0);
-        let rounds = self.users.iter().map(|email| {
-            let client = Client::new(&self.api, ledger.clone());
+        let rounds = self.users.iter().enumerate().map(|(n, email)| {
+            let client = Client::new(&self.api, ledger.clone(), source(PROBES, n));
             async move {
                 let signin = json!({ "email": email, "password": PASSWORD });
                 let signup =

@@ -194,12 +194,13 @@ async fn drill() -> Result<bool> {
     let ledger = Ledger::new(faults.len());
     let stop = CancellationToken::new();
     let mut users = Vec::new();
-    for _ in 0..settings.users {
+    for n in 0..settings.users {
         users.push(tokio::spawn(load::virtual_user(
             api.clone(),
             smtp.clone(),
             ledger.clone(),
             stop.clone(),
+            load::source(load::VIRTUAL_USERS, n),
         )));
     }
 

@@ -17,6 +17,8 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Topic partitions: more than one per dbproc replica, so both always hold some.
+/// The key api and dbproc share to seal and open the codes in the mail topic.
+const MAIL_SEAL_KEY: &str = "drill-mail-seal-key-drill-mail-seal-key-0";
 const PARTITIONS: u32 = 4;
 /// The API's reply deadline; a request the worker tier does not answer in time gets 503.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -102,6 +104,7 @@ impl System {
             .env("DATABASE_URL", database_url)
             .env("SMTP_URL", smtp.url())
             .env("MAIL_FROM", "Broker Auth <no-reply@drill.test>")
+            .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
             .env("METRICS_LISTEN", metrics_addr.to_string())
             .env("RUST_LOG", "info");
             dbprocs.push(Dbproc {
@@ -128,6 +131,12 @@ impl System {
             .env("SIGNUP_RESEND_COOLDOWN_SECS", "0")
             .env("SIGNIN_MAX_FAILURES", "1000")
             .env("VERIFY_MAX_FAILURES", "1000")
+            .env("SIGNIN_MAX_FAILURES_PER_ADDRESS", "1000")
+            .env("VERIFY_MAX_FAILURES_PER_ADDRESS", "1000")
+            // The virtual users and the probe all come from 127.0.0.1.
+            .env("SIGNIN_RATE_LIMIT_PER_MINUTE", "1000000")
+            .env("VERIFY_RATE_LIMIT_PER_MINUTE", "1000000")
+            .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
             .env("RUST_LOG", "info");
         let mut system = Self {
             postgres,
