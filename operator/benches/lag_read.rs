@@ -1,7 +1,7 @@
 //! Reads of dbproc's consumer lag over 3 request topics × 12 partitions, as the operator does them
 //! (its long-lived clients: the first read also connects), against a private tansu behind a
 //! counting proxy: how many Kafka requests each read sends, of which kind, and its wall time.
-//! Needs tansu (`cargo install tansu --locked --features dynostore`).
+//! Needs tansu (`cargo install tansu --locked --features dynostore,libsql`).
 //!
 //!   cargo bench -p broker-auth-operator --bench lag_read
 

@@ -296,7 +296,11 @@ pub async fn verify(
         // A concurrent verify of the same code won.
         return Err(ApiError::InvalidCode);
     }
-    failures.clear(&state).await?;
+    // From here on the code is consumed: every failure gives it back (below), so nothing may
+    // return early. Clearing the failure counts is a courtesy, not worth a lost code.
+    if let Err(error) = failures.clear(&state).await {
+        tracing::warn!(%error, "could not clear the verify failure counts");
+    }
 
     let created = async {
         let password_hash = state.hasher.hash(password.expose(), &client.0).await?;
@@ -314,19 +318,24 @@ pub async fn verify(
         )
     }
     .await;
-    match created {
+    let answered = match created {
         Ok(UserCreationResult::Created { user }) => {
             start_session(&state, user, StatusCode::CREATED).await
         }
-        Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
+        Ok(UserCreationResult::AlreadyExists) => return Err(ApiError::AccountExists),
+        Err(error) => Err(error),
+    };
+    match answered {
+        Ok(response) => Ok(response),
         Err(error) => {
-            // The account may not exist yet: give the code back, for what is left of its life,
-            // so the person can retry — unless a newer code was sent meanwhile. The retry
-            // reuses the request id, so a creation that did land late is not repeated, and a
-            // retry with another name or password is refused (409 request_conflict) rather
-            // than answered with the first one's account. The attempt is given back too: the
-            // code was right, and a worker tier that does not answer must not burn it however
-            // often the person retries.
+            // The account may not exist yet, or exist without a session: give the code back,
+            // for what is left of its life, so the person can retry — unless a newer code was
+            // sent meanwhile. The retry reuses the request id, so a creation that did land is
+            // not repeated (the worker answers it as before, and the retry gets its session),
+            // and a retry with another name or password is refused (409 request_conflict)
+            // rather than answered with the first one's account. The attempt is given back
+            // too: the code was right, and a dependency that does not answer must not burn it
+            // however often the person retries.
             let left = remaining.saturating_sub(attempted_at.elapsed());
             let record = CodeRecord {
                 attempts: record.attempts.saturating_sub(1),

@@ -78,10 +78,17 @@ fn from_pttl(pttl: i64) -> Duration {
 impl RedisStore {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
+        // A lost connection is re-established in the background and the calls meanwhile wait
+        // for it, so the reconnect must be short: one retry, at most half a second apart.
+        // (redis 0.32 hands `factor` to backon as the growth factor, after a first delay of
+        // one second capped at 60 s: its default of 100 made the second retry wait up to a
+        // minute, and every request with it.)
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
+            .set_number_of_retries(1)
+            .set_factor(2)
+            .set_max_delay(500);
         let connection = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             connection,

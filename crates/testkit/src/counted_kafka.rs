@@ -73,7 +73,7 @@ impl CountedKafka {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
-                    "no tansu at {}: cargo install tansu --locked --features dynostore (or set TANSU_BIN)",
+                    "no tansu at {}: cargo install tansu --locked --features dynostore,libsql (or set TANSU_BIN)",
                     binary.display()
                 ),
             ));

@@ -450,6 +450,11 @@ impl Client {
         Self::build(&api.url(""), Some(source))
     }
 
+    /// A client of the API at `origin` whose connections come from `source`.
+    pub fn for_origin_from(origin: &str, source: std::net::IpAddr) -> Self {
+        Self::build(origin, Some(source))
+    }
+
     fn build(origin: &str, source: Option<std::net::IpAddr>) -> Self {
         Self {
             http: reqwest::Client::builder()

@@ -18,7 +18,9 @@ const PASSWORD: &str = "correct horse battery";
 /// A request still unanswered after this long counts as hung.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a virtual user waits for its code mail before giving up on that signup.
-const MAIL_PATIENCE: Duration = Duration::from_secs(120);
+/// Shorter than a phase, so a lost mail costs the load one walk, not the rest of the drill (the
+/// loss is counted at the end, after the mail has had time to settle).
+const MAIL_PATIENCE: Duration = Duration::from_secs(30);
 /// The most a virtual user waits before retrying a 503, whatever Retry-After says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
@@ -127,11 +129,8 @@ impl Outcome {
         }
     }
 
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            Outcome::Answered { status, .. } => Some(*status),
-            _ => None,
-        }
+    fn succeeded(&self) -> bool {
+        matches!(self, Outcome::Answered { status, .. } if status.is_success())
     }
 }
 
@@ -144,12 +143,13 @@ pub struct Client {
 
 /// The client address of the `n`th client of `kind` (`VIRTUAL_USERS` or `PROBES`): each gets its
 /// own loopback address, as separate people would have, so the API's per-IP limits and its one
-/// hashing place per client address see separate clients.
+/// hashing place per client address see separate clients. 127.kind.x.y: 63,750 addresses a kind.
 pub fn source(kind: u8, n: usize) -> IpAddr {
+    let n = n % (255 * 250);
     IpAddr::V4(Ipv4Addr::new(
         127,
         kind,
-        0,
+        u8::try_from(n / 250).unwrap_or(0),
         1 + u8::try_from(n % 250).unwrap_or(0),
     ))
 }
@@ -234,17 +234,25 @@ impl Client {
     }
 }
 
-/// A virtual user: one walk through every flow after another, until `stop`.
+/// The `n`th of `users` virtual users: one walk through every flow after another, until `stop`.
+/// Each walk is a new person at a new client address (the per-IP limits allow a person a few
+/// signins a minute, and a virtual user walks faster than that).
 pub async fn virtual_user(
     api: String,
     smtp: Arc<SmtpCapture>,
     ledger: Arc<Ledger>,
     stop: CancellationToken,
-    source: IpAddr,
+    (n, users): (usize, usize),
 ) {
+    let mut walks = 0;
     while !stop.is_cancelled() {
-        let client = Client::new(&api, ledger.clone(), source);
+        let client = Client::new(
+            &api,
+            ledger.clone(),
+            source(VIRTUAL_USERS, walks * users + n),
+        );
         walk(&client, &smtp, &ledger, &stop).await;
+        walks += 1;
     }
 }
 
@@ -335,6 +343,9 @@ async fn newest_code(
 pub struct Probe {
     users: Vec<String>,
     api: String,
+    /// Rounds so far: each round's clients come from fresh addresses, so the per-IP limits
+    /// never refuse a probe that runs several rounds a minute.
+    rounds: AtomicUsize,
 }
 
 impl Probe {
@@ -364,56 +375,73 @@ impl Probe {
         Ok(Self {
             users,
             api: api.to_owned(),
+            rounds: AtomicUsize::new(1),
         })
     }
 
     /// One round: every probe user signs in and calls `me`, and as many fresh addresses sign
-    /// up, each request once. True when every answer was a success.
-    pub async fn round(&self) -> bool {
+    /// up, each request once. `Err` names the requests that did not succeed and what they got.
+    pub async fn round(&self) -> Result<(), String> {
+        use reqwest::Method;
+        let round = self.rounds.fetch_add(1, Ordering::Relaxed);
         let ledger = Ledger::new(0);
         let rounds = self.users.iter().enumerate().map(|(n, email)| {
-            let client = Client::new(&self.api, ledger.clone(), source(PROBES, n));
+            let address = source(PROBES, round * self.users.len() + n);
+            let client = Client::new(&self.api, ledger.clone(), address);
             async move {
+                let mut failed = Vec::new();
                 let signin = json!({ "email": email, "password": PASSWORD });
                 let signup =
                     json!({ "email": format!("probe-{}@example.com", Uuid::new_v4().simple()) });
-                let signed_in = client
-                    .send(reqwest::Method::POST, "/signin", Some(signin))
-                    .await
-                    .status()
-                    .is_some_and(|s| s.is_success());
-                let me = signed_in
-                    && client
-                        .send(reqwest::Method::GET, "/me", None)
-                        .await
-                        .status()
-                        .is_some_and(|s| s.is_success());
-                let signed_up = client
-                    .send(reqwest::Method::POST, "/signup", Some(signup))
-                    .await
-                    .status()
-                    .is_some_and(|s| s.is_success());
-                me && signed_up
+                let outcome = client.send(Method::POST, "/signin", Some(signin)).await;
+                if outcome.succeeded() {
+                    let outcome = client.send(Method::GET, "/me", None).await;
+                    if !outcome.succeeded() {
+                        failed.push(format!("me: {}", outcome.describe()));
+                    }
+                } else {
+                    failed.push(format!("signin: {}", outcome.describe()));
+                }
+                let outcome = client.send(Method::POST, "/signup", Some(signup)).await;
+                if !outcome.succeeded() {
+                    failed.push(format!("signup: {}", outcome.describe()));
+                }
+                failed
             }
         });
-        futures::future::join_all(rounds)
+        let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+        for failure in futures::future::join_all(rounds)
             .await
             .into_iter()
-            .all(|ok| ok)
+            .flatten()
+        {
+            *failures.entry(failure).or_default() += 1;
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(failures
+            .iter()
+            .map(|(what, count)| format!("{what} x{count}"))
+            .collect::<Vec<_>>()
+            .join(", "))
     }
 
-    /// Seconds from `since` until a probe round succeeds, or `None` after `limit`.
-    pub async fn recovered_after(&self, since: Instant, limit: Duration) -> Option<f64> {
+    /// Seconds from `since` until a probe round succeeds, or after `limit`, what the last
+    /// round's failed requests got.
+    pub async fn recovered_after(&self, since: Instant, limit: Duration) -> Result<f64, String> {
+        let mut last = String::from("no round ran");
         while since.elapsed() < limit {
             let round_started = Instant::now();
-            if self.round().await {
-                return Some(since.elapsed().as_secs_f64());
+            match self.round().await {
+                Ok(()) => return Ok(since.elapsed().as_secs_f64()),
+                Err(failures) => last = failures,
             }
             // Between failed rounds: at most a few per second, bounded by `limit`.
             let pause = Duration::from_millis(250).saturating_sub(round_started.elapsed());
             tokio::time::sleep(pause).await;
         }
-        None
+        Err(last)
     }
 }
 

@@ -27,7 +27,7 @@ use broker_auth_testkit::process::Stop;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{Ledger, Probe};
-use crate::report::{PhaseResult, Table};
+use crate::report::{PhaseResult, Survivor, Table};
 use crate::system::{Binaries, Result, System};
 
 /// The faults, in the order they are injected.
@@ -200,7 +200,7 @@ async fn drill() -> Result<bool> {
             smtp.clone(),
             ledger.clone(),
             stop.clone(),
-            load::source(load::VIRTUAL_USERS, n),
+            (n, settings.users),
         )));
     }
 
@@ -209,20 +209,29 @@ async fn drill() -> Result<bool> {
         ledger.set_phase(phase);
         eprintln!("drill: {}", fault.name());
         tokio::time::sleep(settings.timing.steady).await;
-        let survivor_before = survivor_moves(&system).await;
+        let survivor_before = survivor_revoked(&system).await;
         let restored = inject(&mut system, *fault, &settings.timing).await?;
         let recovery = probe
             .recovered_after(restored, settings.timing.recovery_limit)
             .await;
-        let survivor_after = survivor_moves(&system).await;
+        let survivor_after = survivor_revoked(&system).await;
         tokio::time::sleep(settings.timing.settle).await;
-        results.push(PhaseResult {
-            name: fault.name(),
-            recovery_secs: recovery,
-            survivor_moved: matches!(fault, Fault::DbprocKill | Fault::DbprocTerm)
-                .then(|| survivor_after - survivor_before),
-            ..PhaseResult::default()
-        });
+        let survivor = match fault {
+            // A killed replica comes back under its static membership: nothing moves.
+            Fault::DbprocKill => Some(Survivor {
+                revoked: survivor_after - survivor_before,
+                must_keep: true,
+            }),
+            // A replica stopped with SIGTERM leaves the group (a stopped pod of a Deployment does
+            // not come back under its name), so the group rebalances twice; with `range`
+            // assignment, as on tansu, that takes the survivor's partitions too, briefly.
+            Fault::DbprocTerm => Some(Survivor {
+                revoked: survivor_after - survivor_before,
+                must_keep: false,
+            }),
+            _ => None,
+        };
+        results.push(PhaseResult::new(fault.name(), recovery, survivor));
     }
     stop.cancel();
     for user in users {
@@ -281,8 +290,8 @@ async fn inject(system: &mut System, fault: Fault, timing: &Timing) -> Result<In
     }
 }
 
-/// Partitions moved to or from the surviving dbproc replica so far, over both groups.
-async fn survivor_moves(system: &System) -> f64 {
+/// Partitions revoked from the surviving dbproc replica so far, over both groups.
+async fn survivor_revoked(system: &System) -> f64 {
     let Some(survivor) = system.dbprocs.get(1) else {
         return 0.0;
     };
@@ -290,5 +299,11 @@ async fn survivor_moves(system: &System) -> f64 {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => return f64::NAN,
     };
-    broker_auth_e2e::metric_sum_in(&text, "dbproc_consumer_rebalanced_partitions_total")
+    text.lines()
+        .filter(|line| {
+            line.starts_with("dbproc_consumer_rebalanced_partitions_total")
+                && line.contains(r#"event="revoke""#)
+        })
+        .map(|line| broker_auth_e2e::metric_sum_in(line, ""))
+        .sum()
 }

@@ -14,18 +14,46 @@ const MAIL_SETTLE: Duration = Duration::from_secs(60);
 /// No new mail for this long means the mailer is done.
 const MAIL_QUIET: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PhaseResult {
     pub name: &'static str,
     pub counts: PhaseCounts,
-    /// Seconds from the dependency being back to every probe request succeeding.
-    pub recovery_secs: Option<f64>,
-    /// Partitions moved to or from the dbproc replica that was not touched.
-    pub survivor_moved: Option<f64>,
+    /// Seconds from the dependency being back to every probe request succeeding, or what the
+    /// last probe round's failed requests got.
+    pub recovery: Result<f64, String>,
+    /// For the dbproc faults: what happened to the replica that was not touched.
+    pub survivor: Option<Survivor>,
     pub users_lost: u64,
     pub users_duplicated: u64,
     pub mails_lost: u64,
     pub mails_twice: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Survivor {
+    /// Partitions revoked from it during the phase.
+    pub revoked: f64,
+    /// Whether the target is that it keeps every partition (0 revoked).
+    pub must_keep: bool,
+}
+
+impl PhaseResult {
+    pub fn new(
+        name: &'static str,
+        recovery: Result<f64, String>,
+        survivor: Option<Survivor>,
+    ) -> Self {
+        Self {
+            name,
+            counts: PhaseCounts::default(),
+            recovery,
+            survivor,
+            users_lost: 0,
+            users_duplicated: 0,
+            mails_lost: 0,
+            mails_twice: 0,
+        }
+    }
 }
 
 pub struct Table {
@@ -122,17 +150,18 @@ impl Table {
 
     pub fn print(&self) {
         println!(
-            "\n| fault | 2xx | 503 + Retry-After | other | recovery s | users lost | users duplicated | mails lost | mails sent twice | survivor partitions moved |"
+            "\n| fault | 2xx | 503 + Retry-After | other | recovery s | users lost | users duplicated | mails lost | mails sent twice | survivor partitions revoked |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut others: BTreeMap<String, u64> = BTreeMap::new();
         for phase in &self.phases {
             let recovery = phase
-                .recovery_secs
-                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"));
+                .recovery
+                .as_ref()
+                .map_or_else(|_| "never".to_owned(), |s| format!("{s:.1}"));
             let survivor = phase
-                .survivor_moved
-                .map_or_else(|| "-".to_owned(), |moved| format!("{moved}"));
+                .survivor
+                .map_or_else(|| "-".to_owned(), |s| format!("{}", s.revoked));
             println!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 phase.name,
@@ -150,6 +179,14 @@ impl Table {
                 *others.entry(format!("{}: {what}", phase.name)).or_default() += count;
             }
         }
+        for phase in &self.phases {
+            if let Err(failures) = &phase.recovery {
+                println!(
+                    "\n{}: never recovered; the last probe round got {failures}",
+                    phase.name
+                );
+            }
+        }
         if !others.is_empty() {
             println!("\nanswers other than 2xx and 503 with Retry-After:");
             for (what, count) in others {
@@ -158,15 +195,16 @@ impl Table {
         }
     }
 
-    /// 0 users lost or duplicated, 0 mails lost, nothing but 2xx and 503 with Retry-After, and
-    /// every fault recovered from.
+    /// 0 users lost or duplicated, 0 mails lost, nothing but 2xx and 503 with Retry-After, every
+    /// fault recovered from, and a killed replica's peer kept its partitions.
     pub fn targets_met(&self) -> bool {
         self.phases.iter().all(|p| {
             p.users_lost == 0
                 && p.users_duplicated == 0
                 && p.mails_lost == 0
                 && p.counts.others() == 0
-                && p.recovery_secs.is_some()
+                && p.recovery.is_ok()
+                && p.survivor.is_none_or(|s| !s.must_keep || s.revoked == 0.0)
         })
     }
 }
