@@ -211,6 +211,7 @@ async fn distributed(
     settings.topic_partitions = config.kafka_topic_partitions;
     settings.replication_factor = config.kafka_replication_factor;
     settings.retention = config.kafka_retention.retention();
+    settings.extra = config.kafka_properties.pairs();
 
     let redis_url = config
         .redis_url

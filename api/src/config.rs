@@ -44,6 +44,9 @@ pub struct Config {
     #[command(flatten)]
     pub kafka_retention: broker_auth_kafka::RetentionArgs,
 
+    #[command(flatten)]
+    pub kafka_properties: broker_auth_kafka::PropertiesArgs,
+
     /// fetch.wait.max.ms of the reply consumer; the request round trip waits on it, keep it small.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub kafka_fetch_wait_ms: u32,

@@ -101,6 +101,9 @@ pub struct Config {
     #[command(flatten)]
     pub kafka_retention: broker_auth_kafka::RetentionArgs,
 
+    #[command(flatten)]
+    pub kafka_properties: broker_auth_kafka::PropertiesArgs,
+
     /// Longest a fetch waits at the broker for new records, in milliseconds
     /// (`fetch.wait.max.ms`); bounds the latency a request spends queued in Kafka.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100,
@@ -192,6 +195,7 @@ impl Config {
         settings.topic_partitions = self.kafka_topic_partitions;
         settings.replication_factor = self.kafka_replication_factor;
         settings.retention = self.kafka_retention.retention();
+        settings.extra = self.kafka_properties.pairs();
         settings
     }
 

@@ -33,7 +33,6 @@ use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::metrics::{ConsumerLabels, Metrics, RebalanceLabels};
 
 /// How long a worker may go without polling before librdkafka gives its partitions to another
@@ -216,16 +215,23 @@ fn is_assigned(consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
         .contains(&(topic.to_owned(), partition))
 }
 
-/// The next record of `consumer`, or `None` once `shutdown` is cancelled. librdkafka reconnects
-/// by itself after an error; the pause (`backoff`, growing with consecutive errors) keeps a
-/// broker outage from becoming a hot loop.
+/// The pause after a consumer error before polling again.
+///
+/// Short and fixed, not a growing backoff: librdkafka reconnects by itself, and the errors it
+/// reports (a broker down, a transport failure) are events queued in front of whatever came
+/// after them — a group's revocation among them, which the group waits on until it is served.
+/// A backoff that grew to seconds per error left a revocation queued behind dozens of errors
+/// from a 10 s network cut, and the group unassigned for minutes (`scripts/drill`). The pause
+/// only keeps a burst of errors from becoming a hot loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The next record of `consumer`, or `None` once `shutdown` is cancelled (or the consumer hit a
+/// fatal error). Errors are logged and polling goes on after [`ERROR_PAUSE`].
 pub async fn next_record<'c>(
     consumer: &'c GroupConsumer,
     name: ConsumerName,
-    backoff: &Backoff,
     shutdown: &CancellationToken,
 ) -> Option<BorrowedMessage<'c>> {
-    let mut consecutive_errors = 0;
     loop {
         let received = tokio::select! {
             biased;
@@ -241,10 +247,10 @@ pub async fn next_record<'c>(
                     tracing::error!(consumer = name.label(), ?code, %reason, "fatal consumer error");
                     return None;
                 }
-                consecutive_errors += 1;
                 tracing::warn!(consumer = name.label(), %error, "consumer error");
-                if !backoff.wait(consecutive_errors, shutdown).await {
-                    return None;
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(ERROR_PAUSE) => {}
                 }
             }
         }

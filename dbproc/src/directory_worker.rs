@@ -63,13 +63,8 @@ struct Request {
 impl DirectoryWorker {
     /// Consumes until `shutdown`; returns after the current record is done or abandoned.
     pub async fn run(self, shutdown: CancellationToken) {
-        while let Some(message) = consumer::next_record(
-            &self.consumer,
-            ConsumerName::Directory,
-            &self.store_retry,
-            &shutdown,
-        )
-        .await
+        while let Some(message) =
+            consumer::next_record(&self.consumer, ConsumerName::Directory, &shutdown).await
         {
             let mut held =
                 HeldRecord::new(&self.consumer, ConsumerName::Directory, &message, &shutdown);

@@ -42,7 +42,7 @@ impl MailWorker {
     /// picked up again at the next start.
     pub async fn run(self, shutdown: CancellationToken) {
         while let Some(message) =
-            consumer::next_record(&self.consumer, ConsumerName::Mail, &self.retry, &shutdown).await
+            consumer::next_record(&self.consumer, ConsumerName::Mail, &shutdown).await
         {
             let span = tracing::info_span!(
                 "mail",

@@ -81,6 +81,66 @@ impl Default for TopicRetention {
     }
 }
 
+/// Extra librdkafka properties both binaries take (flattened into their configs): what a
+/// deployment's Kafka needs and broker-auth has no setting of its own for, such as
+/// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`,
+/// or `debug` when diagnosing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PropertiesArgs {
+    /// Extra librdkafka properties as `key=value`, separated by `;` (secret: may hold
+    /// `sasl.password`). Applied last, so they override broker-auth's own client settings.
+    #[arg(long = "kafka-properties", env = "KAFKA_PROPERTIES", hide_env_values = true,
+          value_delimiter = ';', value_parser = parse_property)]
+    pub kafka_properties: Vec<Property>,
+}
+
+/// One `key=value` librdkafka property.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Property {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for Property {
+    /// The key only: values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=…", self.key)
+    }
+}
+
+/// Parses `key=value`: a key of lowercase letters, digits, dots and underscores (as every
+/// librdkafka property is named), a value that may be empty or contain `=`.
+pub fn parse_property(text: &str) -> std::result::Result<Property, String> {
+    let (key, value) = text
+        .trim()
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
+    {
+        return Err(format!(
+            "{key:?} is not a librdkafka property name (lowercase letters, digits, dots and underscores)"
+        ));
+    }
+    Ok(Property {
+        key: key.to_owned(),
+        value: value.trim().to_owned(),
+    })
+}
+
+impl PropertiesArgs {
+    /// As [`KafkaSettings::extra`] wants them.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.kafka_properties
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect()
+    }
+}
+
 /// The retention settings both binaries take (flattened into their configs), so the API and
 /// dbproc create topics alike whichever starts first.
 #[derive(Debug, Clone, clap::Args)]
@@ -373,6 +433,50 @@ mod tests {
             .topic_configs(topic)
             .into_iter()
             .collect()
+    }
+
+    #[test]
+    fn extra_properties_parse_and_bad_ones_are_refused_with_the_reason() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            properties: PropertiesArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-properties",
+            "security.protocol=SASL_SSL; sasl.password=a=b;debug=",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.properties.pairs(),
+            [
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "a=b".to_owned()),
+                ("debug".to_owned(), String::new()),
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .properties
+                .pairs()
+                .is_empty()
+        );
+        for bad in ["novalue", "=x", "Security.Protocol=SSL", "a b=c"] {
+            let error = Cli::try_parse_from(["x", "--kafka-properties", bad])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                error.contains("key=value") || error.contains("property name"),
+                "{bad}: {error}"
+            );
+        }
+        // Values may be secrets: Debug shows keys only.
+        let secret = parse_property("sasl.password=hunter2").unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 
     #[test]

@@ -273,6 +273,20 @@ impl PrivateTansu {
     /// Starts the broker on 127.0.0.1:`port`. Clients are told to reach it at `advertised`
     /// (e.g. a proxy in front of it).
     pub async fn start(port: u16, advertised: SocketAddr) -> io::Result<Self> {
+        Self::start_with_storage(port, advertised, "sqlite://tansu.db").await
+    }
+
+    /// [`PrivateTansu::start`] on the `memory://` engine: for a test that cuts the link to the
+    /// broker but never restarts it, with any tansu build.
+    pub async fn start_in_memory(port: u16, advertised: SocketAddr) -> io::Result<Self> {
+        Self::start_with_storage(port, advertised, "memory://tansu/").await
+    }
+
+    async fn start_with_storage(
+        port: u16,
+        advertised: SocketAddr,
+        storage: &str,
+    ) -> io::Result<Self> {
         let dir = TempDir::new("tansu")?;
         let process = ManagedProcess::new("tansu", tansu_bin(), dir.path().join("tansu.log"))
             .args([
@@ -281,9 +295,9 @@ impl PrivateTansu {
                 &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
                 &format!("tcp://{advertised}"),
-                // Relative to the working directory: the file lands in this broker's directory.
+                // A SQLite file is relative to the working directory: this broker's directory.
                 "--storage-engine",
-                "sqlite://tansu.db",
+                storage,
             ])
             .current_dir(dir.path());
         let mut tansu = Self {
@@ -293,7 +307,7 @@ impl PrivateTansu {
         };
         tansu.start_server().await.map_err(|error| {
             io::Error::other(format!(
-                "{error}\n(the private broker needs tansu's SQLite engine: \
+                "{error}\n(a private broker on {storage} needs tansu built with that engine: \
                  `cargo install tansu --locked --features dynostore,libsql`, or set TANSU_BIN)"
             ))
         })?;

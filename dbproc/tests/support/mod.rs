@@ -149,8 +149,9 @@ pub struct Harness {
     pub database: TestDatabase,
     /// dbproc reaches Postgres through this, so a test can make the database unreachable.
     pub database_proxy: TcpProxy,
-    /// The harness's dbproc keeps its static group membership across restarts, like a pod.
-    instance_id: String,
+    /// The harness's dbproc keeps its static group membership across restarts, like a pod;
+    /// `None`: dynamic membership.
+    instance_id: Option<String>,
     running: Option<Running>,
 }
 
@@ -202,6 +203,24 @@ impl Harness {
     }
 
     pub async fn start_with(test: &str, mail: MailSettings) -> Self {
+        require_kafka().await;
+        Self::start_on(
+            test,
+            mail,
+            kafka_brokers(),
+            Some(format!("dbproc-{}", Uuid::new_v4().simple())),
+        )
+        .await
+    }
+
+    /// A harness whose dbproc reaches Kafka at `brokers` (e.g. a private broker behind a
+    /// proxy), as a static member `instance_id` or, with `None`, a dynamic one.
+    pub async fn start_on(
+        test: &str,
+        mail: MailSettings,
+        brokers: String,
+        instance_id: Option<String>,
+    ) -> Self {
         // `RUST_LOG=broker_auth_dbproc=debug cargo nextest run … --no-capture` shows what the
         // in-process replicas do.
         if std::env::var_os("RUST_LOG").is_some() {
@@ -210,9 +229,8 @@ impl Harness {
                 .with_test_writer()
                 .try_init();
         }
-        require_kafka().await;
         let topics = Topics::new(unique_prefix(test)).unwrap();
-        let mut kafka = KafkaSettings::new(kafka_brokers());
+        let mut kafka = KafkaSettings::new(brokers);
         kafka.topic_partitions = PARTITIONS;
         kafka.fetch_wait_max_ms = 10;
         let smtp = SmtpCapture::start().await.unwrap();
@@ -226,23 +244,25 @@ impl Harness {
             producer,
             database,
             database_proxy,
-            instance_id: format!("dbproc-{}", Uuid::new_v4().simple()),
+            instance_id,
             running: None,
         };
         harness.start_dbproc(mail).await;
         harness
     }
 
-    /// The settings of a replica with static membership `instance_id`.
-    pub fn config(&self, mail: MailSettings, instance_id: &str) -> Config {
+    /// The settings of a replica with static membership `instance_id` (`None`: dynamic).
+    pub fn config(&self, mail: MailSettings, instance_id: Option<&str>) -> Config {
         Config {
-            kafka_group_instance_id: Some(instance_id.to_owned()),
+            // An empty id turns static membership off (the pod name would be used otherwise).
+            kafka_group_instance_id: Some(instance_id.unwrap_or_default().to_owned()),
             kafka_assignment_strategy: assignment_strategy(),
             kafka_brokers: self.kafka.brokers.clone(),
             kafka_topic_prefix: self.topics.clone(),
             kafka_topic_partitions: PARTITIONS,
             kafka_replication_factor: 1,
             kafka_retention: broker_auth_kafka::RetentionArgs::default(),
+            kafka_properties: broker_auth_kafka::PropertiesArgs::default(),
             kafka_fetch_wait_ms: 10,
             database_url: SecretString::from(self.database.url_through(self.database_proxy.addr())),
             database_max_connections: 4,
@@ -259,7 +279,7 @@ impl Harness {
 
     pub async fn start_dbproc(&mut self, mail: MailSettings) {
         assert!(self.running.is_none(), "dbproc is already running");
-        let app = App::build(self.config(mail, &self.instance_id))
+        let app = App::build(self.config(mail, self.instance_id.as_deref()))
             .await
             .unwrap();
         let metrics_addr = app.metrics_addr();
@@ -283,7 +303,7 @@ impl Harness {
     pub async fn start_replica_with(&self, database_url: &str) -> Replica {
         let mut config = self.config(
             MailSettings::default(),
-            &format!("replica-{}", Uuid::new_v4().simple()),
+            Some(&format!("replica-{}", Uuid::new_v4().simple())),
         );
         config.database_url = SecretString::from(database_url.to_owned());
         let app = App::build(config).await.unwrap();

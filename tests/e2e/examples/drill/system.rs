@@ -106,7 +106,7 @@ impl System {
             .env("MAIL_FROM", "Broker Auth <no-reply@drill.test>")
             .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
             .env("METRICS_LISTEN", metrics_addr.to_string())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", child_log_filter());
             dbprocs.push(Dbproc {
                 process,
                 metrics_addr,
@@ -137,7 +137,7 @@ impl System {
             .env("SIGNIN_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("VERIFY_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", child_log_filter());
         let mut system = Self {
             postgres,
             redis,
@@ -235,4 +235,11 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::copy(entry.path(), to.join(entry.file_name()))?;
     }
     Ok(())
+}
+
+/// The api's and dbproc's log filter: `DRILL_RUST_LOG`, else `info`. With
+/// `KAFKA_PROPERTIES=debug=cgrp` (inherited by both) and `DRILL_RUST_LOG=info,librdkafka=debug`,
+/// the logs kept after a missed target show librdkafka's consumer-group protocol.
+fn child_log_filter() -> String {
+    std::env::var("DRILL_RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
