@@ -342,3 +342,51 @@ async fn verify_once_served(
         }
     }
 }
+
+/// Runs `ACL <args>` on `redis` as its default (all-powerful) user.
+async fn acl(redis: &PrivateRedis, args: &[&str]) {
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(args)
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// The account is created but its session cannot be stored (the API's Redis user may not write
+/// session keys yet): the verify fails, and must give the code back, so the retry gets the
+/// account and a session rather than `invalid_code`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_whose_session_cannot_be_stored_gives_the_code_back() {
+    let redis = PrivateRedis::start_with(&[])
+        .await
+        .expect("a private redis-server (apt-get install redis-server)");
+    let key_kinds_but_sessions = ["~*otp:*", "~*cooldown:*", "~*rate:*", "~*throttle:*"];
+    let mut user = vec!["SETUSER", "api", "on", ">api-password", "+@all"];
+    user.extend(key_kinds_but_sessions);
+    acl(&redis, &user).await;
+    let options = Options {
+        redis_url: Some(redis.url().replace("redis://", "redis://api:api-password@")),
+        ..Options::default()
+    };
+    let env = TestEnv::start_with(Mode::Distributed, options).await;
+    let client = Client::new(env.api());
+    let email = env.new_email();
+    assert_eq!(client.signup(&email).await.0, StatusCode::ACCEPTED);
+    let code = env.code_for(&email).await;
+
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert!(status.is_server_error(), "{status} {body}");
+
+    acl(&redis, &["SETUSER", "api", "~*"]).await;
+    let (status, body) = client.verify(&email, &code, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::CREATED, "the retry got {body}");
+    assert_eq!(client.me().await.0, StatusCode::OK);
+    let (status, signed_in) = Client::new(env.api()).signin(&email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(signed_in["user"]["id"], body["user"]["id"], "one account");
+}
