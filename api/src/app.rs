@@ -211,7 +211,10 @@ async fn distributed(
     settings.topic_partitions = config.kafka_topic_partitions;
     settings.replication_factor = config.kafka_replication_factor;
     settings.retention = config.kafka_retention.retention();
-    settings.extra = config.kafka_properties.pairs();
+    settings.extra = config
+        .kafka_properties
+        .pairs()
+        .map_err(ConfigError::KafkaProperties)?;
 
     let redis_url = config
         .redis_url

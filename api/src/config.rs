@@ -225,6 +225,8 @@ pub enum ConfigError {
     InvalidRedisUrl,
     #[error("KAFKA_BROKERS is empty")]
     EmptyBrokers,
+    #[error("{0}")]
+    KafkaProperties(String),
     #[error(
         "REDIS_URL is set but KAFKA_BROKERS is not: refusing to start in embedded mode by accident (set KAFKA_BROKERS, or unset REDIS_URL to try embedded mode)"
     )]
@@ -281,6 +283,9 @@ impl Config {
     /// Checks what clap cannot: cross-setting requirements and secret lengths.
     pub fn validate(&self) -> Result<(), ConfigError> {
         broker_auth_contract::Topics::new(self.kafka_topic_prefix.clone())?;
+        self.kafka_properties
+            .pairs()
+            .map_err(ConfigError::KafkaProperties)?;
         if self.trusted_proxy_hops.is_some() {
             return Err(ConfigError::ProxyHopsReplaced);
         }

@@ -195,7 +195,8 @@ impl Config {
         settings.topic_partitions = self.kafka_topic_partitions;
         settings.replication_factor = self.kafka_replication_factor;
         settings.retention = self.kafka_retention.retention();
-        settings.extra = self.kafka_properties.pairs();
+        // Checked by `validate` at start.
+        settings.extra = self.kafka_properties.pairs().unwrap_or_default();
         settings
     }
 
@@ -219,6 +220,7 @@ impl Config {
     /// Checks what single settings cannot: a mail held longer than Kafka lets a consumer go
     /// without polling would cost the mail consumer its partitions and get the mail sent twice.
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka_properties.pairs()?;
         if let Some(id) = self.group_instance_id() {
             check_instance_id(&id)?;
         }

@@ -85,59 +85,67 @@ impl Default for TopicRetention {
 /// deployment's Kafka needs and broker-auth has no setting of its own for, such as
 /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`,
 /// or `debug` when diagnosing.
-#[derive(Debug, Clone, Default, clap::Args)]
+///
+/// Kept as the raw text and parsed by [`PropertiesArgs::pairs`], not by clap: clap's error for a
+/// bad value quotes the value, and this one may hold a password.
+#[derive(Clone, Default, clap::Args)]
 pub struct PropertiesArgs {
-    /// Extra librdkafka properties as `key=value`, separated by `;` (secret: may hold
+    /// Extra librdkafka properties as `key=value` entries separated by `;` (secret: may hold
     /// `sasl.password`). Applied last, so they override broker-auth's own client settings.
-    #[arg(long = "kafka-properties", env = "KAFKA_PROPERTIES", hide_env_values = true,
-          value_delimiter = ';', value_parser = parse_property)]
-    pub kafka_properties: Vec<Property>,
+    #[arg(
+        long = "kafka-properties",
+        env = "KAFKA_PROPERTIES",
+        hide_env_values = true
+    )]
+    pub kafka_properties: Option<String>,
 }
 
-/// One `key=value` librdkafka property.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Property {
-    pub key: String,
-    pub value: String,
-}
-
-impl std::fmt::Debug for Property {
-    /// The key only: values may be secrets.
+impl std::fmt::Debug for PropertiesArgs {
+    /// The keys only: values may be secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}=…", self.key)
+        let keys: Vec<String> = self
+            .pairs()
+            .map(|pairs| pairs.into_iter().map(|(key, _)| key).collect())
+            .unwrap_or_default();
+        f.debug_struct("PropertiesArgs")
+            .field("keys", &keys)
+            .finish()
     }
-}
-
-/// Parses `key=value`: a key of lowercase letters, digits, dots and underscores (as every
-/// librdkafka property is named), a value that may be empty or contain `=`.
-pub fn parse_property(text: &str) -> std::result::Result<Property, String> {
-    let (key, value) = text
-        .trim()
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not key=value"))?;
-    let key = key.trim();
-    if key.is_empty()
-        || !key
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
-    {
-        return Err(format!(
-            "{key:?} is not a librdkafka property name (lowercase letters, digits, dots and underscores)"
-        ));
-    }
-    Ok(Property {
-        key: key.to_owned(),
-        value: value.trim().to_owned(),
-    })
 }
 
 impl PropertiesArgs {
-    /// As [`KafkaSettings::extra`] wants them.
-    pub fn pairs(&self) -> Vec<(String, String)> {
-        self.kafka_properties
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
-            .collect()
+    /// The properties as [`KafkaSettings::extra`] wants them. Empty entries (a trailing `;`)
+    /// are skipped. A key is lowercase letters, digits, dots and underscores, as every
+    /// librdkafka property is named; a value may be empty or contain `=`. The error names the
+    /// entry by number and never quotes a value.
+    pub fn pairs(&self) -> std::result::Result<Vec<(String, String)>, String> {
+        let Some(text) = &self.kafka_properties else {
+            return Ok(Vec::new());
+        };
+        let mut pairs = Vec::new();
+        for (n, entry) in text.split(';').enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("KAFKA_PROPERTIES: entry {} is not key=value", n + 1))?;
+            let key = key.trim();
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
+            {
+                return Err(format!(
+                    "KAFKA_PROPERTIES: entry {} does not start with a librdkafka property name \
+                     (lowercase letters, digits, dots and underscores, then =)",
+                    n + 1
+                ));
+            }
+            pairs.push((key.to_owned(), value.trim().to_owned()));
+        }
+        Ok(pairs)
     }
 }
 
@@ -436,47 +444,38 @@ mod tests {
     }
 
     #[test]
-    fn extra_properties_parse_and_bad_ones_are_refused_with_the_reason() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            properties: PropertiesArgs,
-        }
-        let cli = Cli::try_parse_from([
-            "x",
-            "--kafka-properties",
-            "security.protocol=SASL_SSL; sasl.password=a=b;debug=",
-        ])
-        .unwrap();
+    fn extra_properties_parse_and_bad_ones_are_refused_without_quoting_them() {
+        let properties = |text: &str| PropertiesArgs {
+            kafka_properties: Some(text.to_owned()),
+        };
         assert_eq!(
-            cli.properties.pairs(),
+            properties("security.protocol=SASL_SSL; sasl.password=a=b;debug=;")
+                .pairs()
+                .unwrap(),
             [
                 ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
                 ("sasl.password".to_owned(), "a=b".to_owned()),
                 ("debug".to_owned(), String::new()),
             ]
         );
-        assert!(
-            Cli::try_parse_from(["x"])
-                .unwrap()
-                .properties
-                .pairs()
-                .is_empty()
-        );
-        for bad in ["novalue", "=x", "Security.Protocol=SSL", "a b=c"] {
-            let error = Cli::try_parse_from(["x", "--kafka-properties", bad])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(
-                error.contains("key=value") || error.contains("property name"),
-                "{bad}: {error}"
-            );
+        assert!(PropertiesArgs::default().pairs().unwrap().is_empty());
+        assert!(properties("").pairs().unwrap().is_empty());
+        for (bad, entry) in [
+            ("sasl.password hunter2", 1),
+            ("a=b;=hunter2", 2),
+            ("Sasl.Password=hunter2", 1),
+            ("a b=hunter2", 1),
+        ] {
+            let error = properties(bad).pairs().unwrap_err();
+            assert!(error.contains(&format!("entry {entry}")), "{bad}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
         }
-        // Values may be secrets: Debug shows keys only.
-        let secret = parse_property("sasl.password=hunter2").unwrap();
-        assert!(!format!("{secret:?}").contains("hunter2"));
+        // Debug shows the keys, never the values.
+        let debug = format!("{:?}", properties("sasl.password=hunter2"));
+        assert!(
+            debug.contains("sasl.password") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 
     #[test]
