@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use axum::http::StatusCode;
 use broker_auth_e2e::{Client, Mode, TestEnv, wait_until_ok};
+use broker_auth_testkit::process::free_port;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -24,15 +25,8 @@ impl Drop for ApiProcess {
     }
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 async fn spawn_process(env: &TestEnv) -> ApiProcess {
-    let addr = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut args = env.api_args();
     args.remove(0);
     let listen = args

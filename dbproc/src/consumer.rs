@@ -440,7 +440,7 @@ async fn serve_group(
             }
             Err(error) => {
                 tracing::debug!(consumer = name.label(), %error, "consumer error while serving the group during a retry");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ERROR_PAUSE).await;
             }
         }
     }

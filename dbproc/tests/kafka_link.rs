@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker_auth_testkit::private::PrivateTansu;
+use broker_auth_testkit::process::free_port;
 use broker_auth_testkit::tcp_proxy::TcpProxy;
 use serde_json::json;
 use support::{Harness, MailSettings};
@@ -22,14 +23,6 @@ use support::{Harness, MailSettings};
 const CUT: Duration = Duration::from_secs(12);
 /// How long a mail may take once the link is back: a rejoin takes a few seconds.
 const PATIENCE: Duration = Duration::from_secs(45);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn code_mail(code: &str) -> serde_json::Value {
     json!({ "template": "signup_code", "code": code, "expires_in_minutes": 15 })
@@ -49,7 +42,7 @@ async fn delivered(harness: &Harness, to: &str) -> bool {
 /// each error, so a revocation queued behind the errors of the cut went unserved for minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_cut_longer_than_the_session_dbproc_rejoins_and_serves_again() {
-    let tansu_port = free_port();
+    let tansu_port = free_port().unwrap();
     let mut link = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], tansu_port)))
         .await
         .unwrap();

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use broker_auth_contract::RequestKind;
+use broker_auth_testkit::process::free_port;
 use serde_json::json;
 use support::{Harness, PARTITIONS, metric_value};
 use uuid::Uuid;
@@ -51,14 +52,6 @@ fn spawn_binary(harness: &Harness, instance_id: &str, metrics_port: u16) -> Chil
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `/readyz` body at `url` once `condition` holds for it, failing after [`PATIENCE`].
@@ -150,7 +143,7 @@ async fn a_replica_restarted_after(signal: &str) {
         |status, _| status == 200,
     )
     .await;
-    let port = free_port();
+    let port = free_port().unwrap();
     let other_ready = format!("http://127.0.0.1:{port}/readyz");
     let instance_id = format!("binary-{}", Uuid::new_v4().simple());
     let mut child = spawn_binary(&harness, &instance_id, port);

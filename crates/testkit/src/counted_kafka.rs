@@ -60,10 +60,6 @@ fn tansu_binary() -> PathBuf {
         })
 }
 
-async fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
-}
-
 impl CountedKafka {
     /// Starts tansu on a free port, advertising the proxy's address. Fails with what to install
     /// when tansu is missing.
@@ -78,7 +74,7 @@ impl CountedKafka {
                 ),
             ));
         }
-        let broker_port = free_port().await?;
+        let broker_port = crate::process::free_port()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy = listener.local_addr()?;
         let broker = Command::new(binary)

@@ -216,21 +216,14 @@ async fn drill() -> Result<bool> {
             .await;
         let survivor_after = survivor_revoked(&system).await;
         tokio::time::sleep(settings.timing.settle).await;
-        let survivor = match fault {
-            // A killed replica comes back under its static membership: nothing moves.
-            Fault::DbprocKill => Some(Survivor {
-                revoked: survivor_after - survivor_before,
-                must_keep: true,
-            }),
-            // A replica stopped with SIGTERM leaves the group (a stopped pod of a Deployment does
-            // not come back under its name), so the group rebalances twice; with `range`
-            // assignment, as on tansu, that takes the survivor's partitions too, briefly.
-            Fault::DbprocTerm => Some(Survivor {
-                revoked: survivor_after - survivor_before,
-                must_keep: false,
-            }),
-            _ => None,
-        };
+        // A killed replica comes back under its static membership: nothing may move. A replica
+        // stopped with SIGTERM leaves the group (a stopped pod of a Deployment does not come
+        // back under its name), so the group rebalances twice; with `range` assignment, as on
+        // tansu, that takes the survivor's partitions too, briefly.
+        let survivor = matches!(fault, Fault::DbprocKill | Fault::DbprocTerm).then(|| Survivor {
+            revoked: survivor_after - survivor_before,
+            must_keep: *fault == Fault::DbprocKill,
+        });
         results.push(PhaseResult::new(fault.name(), recovery, survivor));
     }
     stop.cancel();

@@ -16,9 +16,9 @@ use sqlx::Connection;
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Topic partitions: more than one per dbproc replica, so both always hold some.
 /// The key api and dbproc share to seal and open the codes in the mail topic.
 const MAIL_SEAL_KEY: &str = "drill-mail-seal-key-drill-mail-seal-key-0";
+/// Topic partitions: more than one per dbproc replica, so both always hold some.
 const PARTITIONS: u32 = 4;
 /// The API's reply deadline; a request the worker tier does not answer in time gets 503.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -133,7 +133,8 @@ impl System {
             .env("VERIFY_MAX_FAILURES", "1000")
             .env("SIGNIN_MAX_FAILURES_PER_ADDRESS", "1000")
             .env("VERIFY_MAX_FAILURES_PER_ADDRESS", "1000")
-            // The virtual users and the probe all come from 127.0.0.1.
+            // Out of the drill's way, like the failure limits above: it measures faults, not
+            // limits (each walk and probe round has its own client address besides).
             .env("SIGNIN_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("VERIFY_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
