@@ -47,7 +47,10 @@ for_both_stores!(
     codes_expire,
     concurrent_consumers_of_one_code_have_one_winner,
     concurrent_attempts_are_counted_exactly,
-    a_consumed_code_is_restored_only_where_no_newer_one_exists,
+    a_held_code_stays_until_consumed_and_only_its_holder_takes_it_over,
+    a_hold_lapses_after_its_lease,
+    concurrent_holders_of_one_code_have_one_winner,
+    a_release_leaves_a_newer_code_alone,
     a_cooldown_blocks_until_it_ends,
     window_counters_count_and_reset,
     a_throttle_allows_its_burst_then_refuses_with_the_wait,
@@ -61,6 +64,7 @@ fn record(hash: &str) -> CodeRecord {
         hash: hash.to_owned(),
         request_id: Uuid::new_v4(),
         attempts: 0,
+        hold: None,
     }
 }
 
@@ -326,41 +330,110 @@ async fn concurrent_attempts_are_counted_exactly(store: Arc<dyn EphemeralStore>)
     assert_eq!((checks, burned), (5, 15), "{outcomes:?}");
 }
 
-async fn a_consumed_code_is_restored_only_where_no_newer_one_exists(
+/// The attempt count a fresh attempt sees, minus the one it adds.
+async fn attempts_so_far(store: &dyn EphemeralStore, email: &str) -> u32 {
+    match store.attempt_code(email, 100).await.unwrap() {
+        CodeAttempt::Check { record, .. } => record.attempts - 1,
+        other => panic!("expected a code, got {other:?}"),
+    }
+}
+
+async fn a_held_code_stays_until_consumed_and_only_its_holder_takes_it_over(
     store: Arc<dyn EphemeralStore>,
 ) {
     let email = email();
-    let old = record("old");
+    let lease = Duration::from_secs(60);
     store
-        .put_code(&email, &old, Duration::from_secs(60))
+        .put_code(&email, &record("h"), Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(store.consume_code(&email, "old").await.unwrap());
+    assert_eq!(attempts_so_far(&*store, &email).await, 0);
+    assert!(!store.hold_code(&email, "other", "a", lease).await.unwrap());
+    assert!(store.hold_code(&email, "h", "a", lease).await.unwrap());
+    // Held, the code is still there to check; another holder cannot take it.
+    assert_eq!(attempts_so_far(&*store, &email).await, 1);
+    assert!(!store.hold_code(&email, "h", "b", lease).await.unwrap());
+    // The same holder takes it over, and gets the attempt back: the two attempts so far (one
+    // per check above) become one.
+    assert!(store.hold_code(&email, "h", "a", lease).await.unwrap());
+    assert_eq!(attempts_so_far(&*store, &email).await, 1);
+    // Only the holder releases it; that gives an attempt back and frees it for anyone.
+    assert!(!store.release_code(&email, "h", "b").await.unwrap());
+    assert!(store.release_code(&email, "h", "a").await.unwrap());
+    assert_eq!(attempts_so_far(&*store, &email).await, 1);
+    assert!(store.hold_code(&email, "h", "b", lease).await.unwrap());
+    assert!(store.consume_code(&email, "h").await.unwrap());
+    assert_eq!(
+        store.attempt_code(&email, 5).await.unwrap(),
+        CodeAttempt::Missing
+    );
+    assert!(!store.hold_code(&email, "h", "b", lease).await.unwrap());
+}
+
+async fn a_hold_lapses_after_its_lease(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(
         store
-            .restore_code(&email, &old, Duration::from_secs(30))
+            .hold_code(&email, "h", "a", Duration::from_millis(50))
             .await
             .unwrap()
     );
-    match store.attempt_code(&email, 5).await.unwrap() {
-        CodeAttempt::Check { record, remaining } => {
-            assert_eq!(record.hash, "old");
-            assert!(remaining <= Duration::from_secs(30));
-        }
-        other => panic!("{other:?}"),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !store
+        .hold_code(&email, "h", "b", Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hold never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
 
-    // A newer code issued meanwhile is never overwritten by the old one.
-    assert!(store.consume_code(&email, "old").await.unwrap());
+async fn concurrent_holders_of_one_code_have_one_winner(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    store
+        .put_code(&email, &record("h"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let racers = (0..16).map(|n| {
+        let (store, email) = (store.clone(), email.clone());
+        tokio::spawn(async move {
+            store
+                .hold_code(&email, "h", &format!("holder-{n}"), Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    });
+    let wins = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(|won| *won.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+}
+
+async fn a_release_leaves_a_newer_code_alone(store: Arc<dyn EphemeralStore>) {
+    let email = email();
+    let lease = Duration::from_secs(60);
+    store
+        .put_code(&email, &record("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(store.hold_code(&email, "old", "a", lease).await.unwrap());
+    // A new code replaces the held one, hold and all.
     store
         .put_code(&email, &record("new"), Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(
-        !store
-            .restore_code(&email, &old, Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    assert!(!store.release_code(&email, "old", "a").await.unwrap());
+    assert!(store.hold_code(&email, "new", "b", lease).await.unwrap());
+    assert!(!store.consume_code(&email, "old").await.unwrap());
     assert!(store.consume_code(&email, "new").await.unwrap());
 }

@@ -363,6 +363,34 @@ impl<'h> HeldRecord<'h> {
         }
     }
 
+    /// `Err(Abandoned::Shutdown)` once shutdown was asked for: work not begun yet is left for
+    /// redelivery.
+    pub fn check_shutdown(&self) -> Result<(), Abandoned> {
+        if self.shutdown.is_cancelled() {
+            Err(Abandoned::Shutdown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs one attempt of work that must not be cut off once begun, such as an SMTP send (the
+    /// server may have taken the message before its answer arrives, and a mail abandoned there
+    /// is sent again on redelivery) and the record that it was sent: shutdown does not stop it,
+    /// its own timeouts bound it. In retry, the group is served while it runs.
+    pub async fn finish<F: Future>(&mut self, work: F) -> F::Output {
+        if !self.holding {
+            return work.await;
+        }
+        let consumer = self.consumer;
+        let name = self.name;
+        let rewind = &mut self.rewind;
+        tokio::select! {
+            biased;
+            output = work => output,
+            never = serve_group(consumer, name, rewind) => match never {},
+        }
+    }
+
     /// Pauses every partition the consumer holds, once per record.
     fn hold(&mut self) {
         if self.holding {

@@ -202,7 +202,8 @@ impl App {
     }
 
     /// Runs both consumers and the metrics server until `shutdown` is cancelled, then abandons
-    /// (uncommitted) the record in hand, commits, and leaves the consumer groups.
+    /// (uncommitted) the record in hand — except a mail already being sent, which is finished
+    /// and recorded — commits, and leaves the consumer groups.
     ///
     /// A consumer that ends on its own (a panic) stops everything and returns an error, so the
     /// process exits and Kubernetes restarts it instead of keeping a live pod that consumes

@@ -38,8 +38,8 @@ pub struct MailWorker {
 }
 
 impl MailWorker {
-    /// Consumes until `shutdown`; a mail waiting between attempts is left uncommitted and
-    /// picked up again at the next start.
+    /// Consumes until `shutdown`; a mail being sent is sent and recorded first, a mail waiting
+    /// between attempts is left uncommitted and picked up again at the next start.
     pub async fn run(self, shutdown: CancellationToken) {
         while let Some(message) =
             consumer::next_record(&self.consumer, ConsumerName::Mail, &shutdown).await
@@ -115,7 +115,9 @@ impl MailWorker {
         let mut retrying = None;
         loop {
             attempt += 1;
-            let sent = held.attempt(self.mailer.send(request_id, &mail)).await?;
+            // Not begun after shutdown, but finished if shutdown comes meanwhile, and recorded.
+            held.check_shutdown()?;
+            let sent = held.finish(self.mailer.send(request_id, &mail)).await;
             let error = match sent {
                 Ok(()) => {
                     self.metrics
@@ -165,10 +167,14 @@ impl MailWorker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match held
-                .attempt(self.records.record_mail_sent(request_id))
-                .await?
-            {
+            // The first attempt is finished even if shutdown comes meanwhile: the mail is out.
+            let recorded = if attempt == 1 {
+                held.finish(self.records.record_mail_sent(request_id)).await
+            } else {
+                held.attempt(self.records.record_mail_sent(request_id))
+                    .await?
+            };
+            match recorded {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_transient() => {
                     let delay = self.store_retry.delay(attempt);

@@ -54,6 +54,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = interrupt => {}
         () = terminate => {}
     }
-    tracing::info!("shutdown requested; a record in hand is left uncommitted for redelivery");
+    tracing::info!(
+        "shutdown requested; a mail being sent is finished, any other record in hand is left uncommitted for redelivery"
+    );
     shutdown.cancel();
 }

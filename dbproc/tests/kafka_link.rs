@@ -12,15 +12,16 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use broker_auth_kafka::GROUP_SESSION_TIMEOUT;
 use broker_auth_testkit::private::PrivateTansu;
 use broker_auth_testkit::process::free_port;
 use broker_auth_testkit::tcp_proxy::TcpProxy;
 use serde_json::json;
 use support::{Harness, MailSettings};
 
-/// Longer than the consumers' session timeout (10 s), so the broker drops them from their
-/// groups while the link is down.
-const CUT: Duration = Duration::from_secs(12);
+/// Longer than the consumers' session timeout, so the broker drops them from their groups
+/// while the link is down.
+const CUT: Duration = GROUP_SESSION_TIMEOUT.saturating_add(Duration::from_secs(2));
 /// How long a mail may take once the link is back: a rejoin takes a few seconds.
 const PATIENCE: Duration = Duration::from_secs(45);
 

@@ -65,6 +65,57 @@ async fn a_redelivered_mail_request_is_not_sent_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_being_sent_at_shutdown_is_finished_and_not_sent_again_after_restart() {
+    let mut harness = Harness::start("mail-shutdown").await;
+    // The server takes its time to accept the message after its data, so the stop comes while
+    // dbproc waits for the answer: a sender abandoned there leaves a mail the server took, and
+    // its redelivery after the restart sends it again.
+    harness.smtp.set_accept_delay(Duration::from_secs(2));
+    let to = "mid-send@example.com";
+    harness
+        .mail(
+            to,
+            json!({"template": "signup_code", "code": "161803", "expires_in_minutes": 5}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while harness.smtp.data_received() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the mail's data never reached the server"
+        );
+        // Polling the capture's counter: a short pause between looks, bounded by the deadline.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.stop_dbproc().await;
+    harness.smtp.set_accept_delay(Duration::ZERO);
+    harness.start_dbproc(MailSettings::default()).await;
+    // A later mail on the same partition (same key) marks the point where a redelivery of the
+    // first would have been handled.
+    harness
+        .mail(to, json!({"template": "account_exists"}))
+        .await;
+    harness
+        .smtp
+        .wait_for(
+            |m| m.is_to(to) && m.subject().as_deref() == Some("You already have an account"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the later mail arrives");
+    let sent = harness
+        .smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.text().contains("161803"))
+        .count();
+    assert_eq!(
+        sent, 1,
+        "the mail being sent at shutdown was sent {sent} times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_older_than_the_retention_are_pruned_at_start() {
     let mut harness = Harness::start("prune").await;
     let pool = sqlx::PgPool::connect(harness.database.url()).await.unwrap();

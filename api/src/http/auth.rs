@@ -1,7 +1,7 @@
 //! The five flows under `/api/v1/auth`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
@@ -25,6 +25,11 @@ use crate::cookie::{clearing_cookies, session_cookie, session_token};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
 use crate::store::{CodeAttempt, CodeRecord, Session};
+
+/// How long a verify holds its code against verifies with other details: longer than a verify
+/// takes (a bcrypt hash, a Kafka request within its reply timeout, a session write), so a hold
+/// is not taken from a verify still running. The same details take it over at once.
+const CODE_HOLD: Duration = Duration::from_secs(30);
 
 /// The two failure counters of one kind for an address: one per (address, client IP) with a low
 /// limit, and one per address with a high one. A single source is stopped early, and it cannot
@@ -170,6 +175,7 @@ async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), 
         hash,
         request_id: Uuid::new_v4(),
         attempts: 0,
+        hold: None,
     };
     state
         .store
@@ -275,29 +281,32 @@ pub async fn verify(
             state.policy.verify_max_failures_per_address,
         )
         .await?;
-    let attempted_at = Instant::now();
-    let (record, remaining) = match state
+    let record = match state
         .store
         .attempt_code(email.as_str(), state.policy.otp_max_attempts)
         .await?
     {
-        CodeAttempt::Check { record, remaining } => (record, remaining),
+        CodeAttempt::Check { record, .. } => record,
         CodeAttempt::Missing | CodeAttempt::Burned => return Err(ApiError::InvalidCode),
     };
     let candidate = state.keys.otp_hash(&email, &otp);
     if !otp_hashes_match(&record.hash, &candidate) {
         return Err(ApiError::InvalidCode);
     }
+    // The code is held, not deleted, while the account is created, and deleted only once the
+    // session exists: a failure from here on, even one that leaves the store unreachable,
+    // cannot use it up. The holder is the digest of this verify's details, so the person's
+    // retry takes the hold over at once, while a verify with other details cannot.
+    let digest = state.keys.creation_digest(&email, &name, &password);
     if !state
         .store
-        .consume_code(email.as_str(), &record.hash)
+        .hold_code(email.as_str(), &record.hash, &digest, CODE_HOLD)
         .await?
     {
-        // A concurrent verify of the same code won.
+        // A concurrent verify of the same code, with other details, holds it.
         return Err(ApiError::InvalidCode);
     }
-    // From here on the code is consumed: every failure gives it back (below), so nothing may
-    // return early. Clearing the failure counts is a courtesy, not worth a lost code.
+    // Clearing the failure counts is a courtesy, not worth failing the verify for.
     if let Err(error) = failures.clear(&state).await {
         tracing::warn!(%error, "could not clear the verify failure counts");
     }
@@ -306,7 +315,7 @@ pub async fn verify(
         let password_hash = state.hasher.hash(password.expose(), &client.0).await?;
         let creation = UserCreation {
             email: email.to_string(),
-            request_digest: Some(state.keys.creation_digest(&email, &name, &password)),
+            request_digest: Some(digest.clone()),
             name: name.into_inner(),
             password_hash,
         };
@@ -322,32 +331,40 @@ pub async fn verify(
         Ok(UserCreationResult::Created { user }) => {
             start_session(&state, user, StatusCode::CREATED).await
         }
-        Ok(UserCreationResult::AlreadyExists) => return Err(ApiError::AccountExists),
+        Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
         Err(error) => Err(error),
     };
     match answered {
-        Ok(response) => Ok(response),
+        Ok(response) => {
+            if let Err(error) = state.store.consume_code(email.as_str(), &record.hash).await {
+                // It expires on its own, and a reuse creates nothing: the creation request is
+                // answered as before for these details, and refused for others.
+                tracing::warn!(%error, "could not delete a used code");
+            }
+            Ok(response)
+        }
+        Err(error @ ApiError::AccountExists) => {
+            // Settled: the code has nothing left to do.
+            if let Err(e) = state.store.consume_code(email.as_str(), &record.hash).await {
+                tracing::warn!(error = %e, "could not delete a code whose account exists");
+            }
+            Err(error)
+        }
         Err(error) => {
-            // The account may not exist yet, or exist without a session: give the code back,
-            // for what is left of its life, so the person can retry — unless a newer code was
-            // sent meanwhile. The retry reuses the request id, so a creation that did land is
-            // not repeated (the worker answers it as before, and the retry gets its session),
-            // and a retry with another name or password is refused (409 request_conflict)
-            // rather than answered with the first one's account. The attempt is given back
-            // too: the code was right, and a dependency that does not answer must not burn it
-            // however often the person retries.
-            let left = remaining.saturating_sub(attempted_at.elapsed());
-            let record = CodeRecord {
-                attempts: record.attempts.saturating_sub(1),
-                ..record
-            };
-            if !left.is_zero()
-                && let Err(e) = state
-                    .store
-                    .restore_code(email.as_str(), &record, left)
-                    .await
+            // The account may not exist yet, or exist without a session: release the code so
+            // the person can retry. The retry reuses the request id, so a creation that did
+            // land is not repeated (the worker answers it as before, and the retry gets its
+            // session), and a retry with another name or password is refused (409
+            // request_conflict) rather than answered with the first one's account. The attempt
+            // is given back: the code was right, and a dependency that does not answer must
+            // not burn it however often the person retries. If the release fails too, the
+            // retry takes the hold over (same details) or waits out its lease (others).
+            if let Err(e) = state
+                .store
+                .release_code(email.as_str(), &record.hash, &digest)
+                .await
             {
-                tracing::warn!(error = %e, "could not restore the code after a failed creation");
+                tracing::warn!(error = %e, "could not release the code after a failed creation");
             }
             Err(error)
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session};
+use super::{CodeAttempt, CodeHold, CodeRecord, EphemeralStore, Result, Session};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Value {
@@ -171,13 +171,57 @@ impl EphemeralStore for MemoryStore {
         }))
     }
 
-    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool> {
+    async fn hold_code(
+        &self,
+        email: &str,
+        hash: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool> {
         let key = key("otp", email);
+        let now_unix_ms = unix_ms(SystemTime::now());
         Ok(self.with(|map, now| {
-            if map.live(&key, now).is_some() {
+            let Some(Entry {
+                value: Value::Code(record),
+                ..
+            }) = map.live(&key, now)
+            else {
+                return false;
+            };
+            if record.hash != hash {
                 return false;
             }
-            map.insert(key, Value::Code(record.clone()), ttl, now);
+            match &record.hold {
+                Some(hold) if hold.holder == holder => {
+                    record.attempts = record.attempts.saturating_sub(1);
+                }
+                Some(hold) if hold.until_unix_ms > now_unix_ms => return false,
+                _ => {}
+            }
+            record.hold = Some(CodeHold {
+                holder: holder.to_owned(),
+                until_unix_ms: now_unix_ms
+                    .saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)),
+            });
+            true
+        }))
+    }
+
+    async fn release_code(&self, email: &str, hash: &str, holder: &str) -> Result<bool> {
+        let key = key("otp", email);
+        Ok(self.with(|map, now| {
+            let Some(Entry {
+                value: Value::Code(record),
+                ..
+            }) = map.live(&key, now)
+            else {
+                return false;
+            };
+            if record.hash != hash || record.hold.as_ref().is_none_or(|h| h.holder != holder) {
+                return false;
+            }
+            record.hold = None;
+            record.attempts = record.attempts.saturating_sub(1);
             true
         }))
     }

@@ -36,6 +36,17 @@ pub struct CodeRecord {
     pub request_id: Uuid,
     /// Attempts made so far.
     pub attempts: u32,
+    /// The verify holding the code while it creates the account (see
+    /// [`EphemeralStore::hold_code`]); only the memory store keeps it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<CodeHold>,
+}
+
+/// Who holds a code, and until when (milliseconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeHold {
+    pub holder: String,
+    pub until_unix_ms: u64,
 }
 
 /// The result of counting one attempt against a code.
@@ -69,10 +80,27 @@ pub trait EphemeralStore: Send + Sync + 'static {
     /// correctly can still consume the code after later attempts burned it.
     async fn attempt_code(&self, email: &str, max_attempts: u32) -> Result<CodeAttempt>;
 
-    /// Puts back a consumed code unless another one was issued meanwhile; `true` when restored.
-    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool>;
+    /// Holds the code for `holder` (a verify's digest of its details) while the account is
+    /// created, if it still has `hash` and no other holder's hold is younger than `lease`.
+    /// The code stays stored until [`EphemeralStore::consume_code`], so a verify that fails
+    /// after this, even with the store unreachable, has not used it up. A hold by the same
+    /// holder is taken over at once — that is the same verify retried — and its attempt is
+    /// given back, since the earlier one was right. Of several concurrent callers with
+    /// different holders exactly one gets `true`.
+    async fn hold_code(
+        &self,
+        email: &str,
+        hash: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool>;
 
-    /// Deletes the code if it still has `hash`. Exactly one of several concurrent callers gets `true`.
+    /// Ends `holder`'s hold after a failed creation and gives its attempt back, if the code
+    /// still has `hash`; `true` when released.
+    async fn release_code(&self, email: &str, hash: &str, holder: &str) -> Result<bool>;
+
+    /// Deletes the code if it still has `hash`, once it has served. Exactly one of several
+    /// concurrent callers gets `true`.
     async fn consume_code(&self, email: &str, hash: &str) -> Result<bool>;
 
     /// Starts a cooldown unless one is running; returns the time left of a running one.

@@ -26,11 +26,29 @@ end
 return 0
 ";
 
-/// Puts a code back only where no newer one was issued in the meantime.
-const RESTORE_CODE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'h', ARGV[1], 'rid', ARGV[2], 'n', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+/// Holds the code for a holder (ARGV[2]) for a lease (ARGV[3] ms) if it still has the compared
+/// hash (ARGV[1]) and no other holder's lease is live; the same holder takes its hold over and
+/// gets the attempt back. The time is the server's, so API replicas' clocks do not matter.
+const HOLD_CODE: &str = r"
+if redis.call('HGET', KEYS[1], 'h') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local by = redis.call('HGET', KEYS[1], 'by')
+if by == ARGV[2] then
+  if tonumber(redis.call('HGET', KEYS[1], 'n')) > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
+elseif by and tonumber(redis.call('HGET', KEYS[1], 'till')) > now then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'by', ARGV[2], 'till', now + tonumber(ARGV[3]))
+return 1
+";
+
+/// Ends a holder's hold and gives its attempt back, if the code is still the one it held.
+const RELEASE_CODE: &str = r"
+if redis.call('HGET', KEYS[1], 'h') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'by') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], 'by', 'till')
+if tonumber(redis.call('HGET', KEYS[1], 'n')) > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
 return 1
 ";
 
@@ -60,7 +78,8 @@ pub struct RedisStore {
     prefix: String,
     attempt_code: Script,
     consume_code: Script,
-    restore_code: Script,
+    hold_code: Script,
+    release_code: Script,
     hit: Script,
     throttle: Script,
 }
@@ -95,7 +114,8 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             attempt_code: Script::new(ATTEMPT_CODE),
             consume_code: Script::new(CONSUME_CODE),
-            restore_code: Script::new(RESTORE_CODE),
+            hold_code: Script::new(HOLD_CODE),
+            release_code: Script::new(RELEASE_CODE),
             hit: Script::new(HIT),
             throttle: Script::new(THROTTLE),
         })
@@ -156,6 +176,7 @@ impl EphemeralStore for RedisStore {
                         hash: string(reply.get(1))?,
                         request_id,
                         attempts: u32::try_from(int(reply.get(3))?).unwrap_or(u32::MAX),
+                        hold: None,
                     },
                     remaining: from_pttl(int(reply.get(4))?),
                 })
@@ -163,18 +184,35 @@ impl EphemeralStore for RedisStore {
         }
     }
 
-    async fn restore_code(&self, email: &str, record: &CodeRecord, ttl: Duration) -> Result<bool> {
+    async fn hold_code(
+        &self,
+        email: &str,
+        hash: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool> {
         let mut connection = self.connection.clone();
-        let restored: i64 = self
-            .restore_code
+        let held: i64 = self
+            .hold_code
             .key(self.key("otp", email))
-            .arg(&record.hash)
-            .arg(record.request_id.to_string())
-            .arg(record.attempts)
-            .arg(millis(ttl))
+            .arg(hash)
+            .arg(holder)
+            .arg(millis(lease))
             .invoke_async(&mut connection)
             .await?;
-        Ok(restored == 1)
+        Ok(held == 1)
+    }
+
+    async fn release_code(&self, email: &str, hash: &str, holder: &str) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let released: i64 = self
+            .release_code
+            .key(self.key("otp", email))
+            .arg(hash)
+            .arg(holder)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(released == 1)
     }
 
     async fn consume_code(&self, email: &str, hash: &str) -> Result<bool> {

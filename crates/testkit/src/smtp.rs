@@ -169,6 +169,8 @@ struct Shared {
     /// How long the server takes to accept a message after its data, in milliseconds.
     accept_delay_ms: AtomicU64,
     connections: AtomicUsize,
+    /// Messages whose data has arrived, accepted yet or not.
+    data_received: AtomicUsize,
 }
 
 struct Running {
@@ -202,6 +204,7 @@ impl SmtpCapture {
             reject_recipients_with: AtomicU16::new(0),
             accept_delay_ms: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            data_received: AtomicUsize::new(0),
         });
         let mut capture = Self {
             addr,
@@ -241,6 +244,12 @@ impl SmtpCapture {
         self.shared
             .reject_recipients_with
             .store(code.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// How many messages' data has arrived so far, whether or not they were accepted yet: with
+    /// an accept delay, tells a test that a client is waiting for its message to be accepted.
+    pub fn data_received(&self) -> usize {
+        self.shared.data_received.load(Ordering::Relaxed)
     }
 
     /// From now on take `delay` to accept each message after its data, like a slow or
@@ -408,6 +417,7 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
                         transaction = Transaction::default();
                         continue;
                     };
+                    shared.data_received.fetch_add(1, Ordering::Relaxed);
                     let delay = shared.accept_delay_ms.load(Ordering::Relaxed);
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -390,3 +390,72 @@ async fn a_verify_whose_session_cannot_be_stored_gives_the_code_back() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(signed_in["user"]["id"], body["user"]["id"], "one account");
 }
+
+/// A verify holds its code while the account is created. When the creation fails (dbproc is
+/// down) and the release fails too (the API's Redis user may no longer touch codes, as when
+/// the link to Redis is cut), the code must still work: the person's retry, with the same
+/// details, takes the hold over. (Before holds, the code was deleted before the creation and
+/// put back after a failure; with the store unreachable it stayed deleted, and the retry got
+/// `invalid_code` — the drill's Redis cut found it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_that_cannot_release_its_code_leaves_it_to_the_retry() {
+    let redis = PrivateRedis::start_with(&[])
+        .await
+        .expect("a private redis-server (apt-get install redis-server)");
+    acl(
+        &redis,
+        &["SETUSER", "api", "on", ">api-password", "+@all", "~*"],
+    )
+    .await;
+    let options = Options {
+        redis_url: Some(redis.url().replace("redis://", "redis://api:api-password@")),
+        ..Options::default()
+    };
+    let mut env = TestEnv::start_with(Mode::Distributed, options).await;
+    let email = env.new_email();
+    assert_eq!(
+        Client::new(env.api()).signup(&email).await.0,
+        StatusCode::ACCEPTED
+    );
+    let code = env.code_for(&email).await;
+    env.dbproc.take().expect("dbproc runs").stop().await;
+
+    let first = {
+        let (client, email, code) = (Client::new(env.api()), email.clone(), code.clone());
+        tokio::spawn(async move { client.verify(&email, &code, PASSWORD, "Ada").await })
+    };
+    // Once the verify has asked for the account (it then waits for dbproc's reply until its
+    // timeout), the API may no longer touch codes.
+    let topics = Topics::new(env.prefix.clone()).expect("a valid prefix");
+    let consumer: StreamConsumer = KafkaSettings::new(services::kafka_brokers())
+        .group_consumer(&format!("{}creation-watch", env.prefix))
+        .expect("a consumer");
+    consumer
+        .subscribe(&[&topics.request(RequestKind::UserCreation)])
+        .expect("subscribe");
+    tokio::time::timeout(PATIENCE, consumer.recv())
+        .await
+        .expect("the creation request within the deadline")
+        .expect("a record");
+    acl(
+        &redis,
+        &[
+            "SETUSER",
+            "api",
+            "resetkeys",
+            "~*cooldown:*",
+            "~*rate:*",
+            "~*throttle:*",
+        ],
+    )
+    .await;
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    acl(&redis, &["SETUSER", "api", "~*"]).await;
+    env.dbproc = Some(env.spawn_dbproc().await);
+    let client = Client::new(env.api());
+    let (status, body) = verify_once_served(&client, &email, &code, PASSWORD, "Ada").await;
+    assert_eq!(status, StatusCode::CREATED, "the retry got {body}");
+    assert_eq!(client.me().await.0, StatusCode::OK);
+}
