@@ -86,8 +86,9 @@ impl App {
         let common_passwords = broker_auth_common_passwords::CommonPasswords::get().len();
         tracing::debug!(common_passwords, "common-password list loaded");
         let background = CancellationToken::new();
+        let metrics = Metrics::new();
         let backends = match &config.kafka_brokers {
-            Some(brokers) => distributed(&config, brokers, background.clone()).await?,
+            Some(brokers) => distributed(&config, brokers, background.clone(), &metrics).await?,
             None => embedded(&config, background.clone()).await?,
         };
         let bind = |address: SocketAddr| async move {
@@ -106,7 +107,8 @@ impl App {
                 config.bcrypt_cost,
                 HashBudget::new(config.hash_concurrency, config.hash_queue_length),
             )
-            .await?,
+            .await?
+            .with_metrics(&metrics),
             policy: Policy {
                 session_ttl: Duration::from_secs(config.session_ttl_secs),
                 otp_ttl: Duration::from_secs(config.otp_ttl_secs),
@@ -124,7 +126,7 @@ impl App {
                 trusted_proxies: config.trusted_proxy_cidrs.clone(),
                 cookie_secure: config.cookie_secure(),
             },
-            metrics: Metrics::new(),
+            metrics,
             readiness: ReadinessCache::default(),
         });
         let app = Self {
@@ -204,6 +206,7 @@ async fn distributed(
     config: &Config,
     brokers: &str,
     background: CancellationToken,
+    metrics: &Metrics,
 ) -> Result<Backends, StartError> {
     let topics = Topics::new(config.kafka_topic_prefix.clone()).map_err(ConfigError::from)?;
     let mut settings = KafkaSettings::new(brokers);
@@ -246,7 +249,8 @@ async fn distributed(
         ),
     )
     .await
-    .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??;
+    .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??
+    .with_metrics(metrics.clone());
     let seal = config
         .mail_seal_key
         .as_ref()

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode};
+use crate::metrics::{HashMetrics, Metrics, RunningHash};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -178,6 +179,7 @@ pub struct PasswordHasher {
     waiting: Arc<AtomicUsize>,
     queue: usize,
     clients: Arc<Mutex<HashSet<String>>>,
+    metrics: Option<HashMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +249,7 @@ impl Drop for ClientPlace {
 struct Slot {
     _permit: OwnedSemaphorePermit,
     _place: ClientPlace,
+    _running: Option<RunningHash>,
 }
 
 /// Counts a request as waiting for as long as it lives.
@@ -273,7 +276,37 @@ impl PasswordHasher {
             waiting: Arc::new(AtomicUsize::new(0)),
             queue: budget.queue,
             clients: Arc::default(),
+            metrics: None,
         })
+    }
+
+    /// Reports queue waits, running hashes and refusals to `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.hashing(self.slots.available_permits()));
+        self
+    }
+
+    fn refused(&self, error: HashError) -> HashError {
+        if let Some(metrics) = &self.metrics {
+            match error {
+                HashError::Busy => metrics.refused("busy"),
+                HashError::ClientBusy => metrics.refused("client_busy"),
+                _ => {}
+            }
+        }
+        error
+    }
+
+    fn granted(&self, permit: OwnedSemaphorePermit, place: ClientPlace, waited: Duration) -> Slot {
+        let running = self.metrics.as_ref().map(|metrics| {
+            metrics.waited(waited);
+            metrics.running()
+        });
+        Slot {
+            _permit: permit,
+            _place: place,
+            _running: running,
+        }
     }
 
     /// Hashing slots free right now.
@@ -291,7 +324,7 @@ impl PasswordHasher {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !clients.insert(client.to_owned()) {
-                return Err(HashError::ClientBusy);
+                return Err(self.refused(HashError::ClientBusy));
             }
             ClientPlace {
                 clients: self.clients.clone(),
@@ -299,28 +332,21 @@ impl PasswordHasher {
             }
         };
         match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                return Ok(Slot {
-                    _permit: permit,
-                    _place: place,
-                });
-            }
+            Ok(permit) => return Ok(self.granted(permit, place, Duration::ZERO)),
             Err(TryAcquireError::Closed) => return Err(HashError::Closed),
             Err(TryAcquireError::NoPermits) => {}
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(HashError::Busy);
+            return Err(self.refused(HashError::Busy));
         }
         let _waiting = Waiting(self.waiting.clone());
+        let queued = Instant::now();
         let permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.slots.clone().acquire_owned())
             .await
-            .map_err(|_| HashError::Busy)?
+            .map_err(|_| self.refused(HashError::Busy))?
             .map_err(|_| HashError::Closed)?;
-        Ok(Slot {
-            _permit: permit,
-            _place: place,
-        })
+        Ok(self.granted(permit, place, queued.elapsed()))
     }
 
     /// Runs `work` on the blocking pool holding `slot` until the work itself ends.
@@ -565,6 +591,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_queue_requests_are_refused_at_once() {
+        let metrics = Metrics::new();
         let hasher = PasswordHasher::new(
             13,
             HashBudget {
@@ -573,7 +600,8 @@ mod tests {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .with_metrics(&metrics);
         let attempts = (0..6).map(|i| {
             let hasher = hasher.clone();
             tokio::spawn(async move {
@@ -593,6 +621,16 @@ mod tests {
             .count();
         // One runs, one waits; the other four are turned away without waiting.
         assert_eq!((done, busy), (2, 4), "{results:?}");
+        let exposition = metrics.render().unwrap();
+        for line in [
+            "broker_auth_api_password_hash_refused_total{reason=\"busy\"} 4",
+            "broker_auth_api_password_hash_refused_total{reason=\"client_busy\"} 0",
+            "broker_auth_api_password_hash_queue_wait_seconds_count 2",
+            "broker_auth_api_password_hashes_running 0",
+            "broker_auth_api_password_hash_slots 1",
+        ] {
+            assert!(exposition.contains(line), "no {line:?} in\n{exposition}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,7 @@ impl Replica {
                     &client,
                     watch.store.clone(),
                     kafka.clone(),
+                    metrics.clone(),
                     shutdown.clone(),
                 )
                 .await?,
@@ -261,6 +262,7 @@ async fn serve_external_metrics(
     client: &Client,
     store: Store<BrokerAuth>,
     kafka: Arc<dyn KafkaAdmin>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
     let source = match (&config.tls_cert_file, &config.tls_key_file) {
@@ -307,6 +309,7 @@ async fn serve_external_metrics(
         kafka,
         front_proxy: front_proxy.clone(),
         access: Arc::new(SubjectAccessReviewer::new(client.clone())),
+        metrics,
     });
     let server_config = tls::server_config(cert, front_proxy)?;
     tokio::spawn(async move {

@@ -110,10 +110,12 @@ pub async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<
             }
         }
     }
-    ctx.metrics.dbproc_lag.remove(&InstanceLabels {
+    let instance = InstanceLabels {
         namespace: namespace.to_owned(),
         name: ba.name_any(),
-    });
+    };
+    ctx.metrics.dbproc_lag.remove(&instance);
+    ctx.metrics.ready.remove(&instance);
     ctx.forget(ba);
     Ok(Action::await_change())
 }

@@ -25,6 +25,7 @@ use crate::access_review::SubjectAccessReviewer;
 use crate::crd::BrokerAuth;
 use crate::front_proxy::{FrontProxyTrust, VerifiedClientCert};
 use crate::kafka::KafkaAdmin;
+use crate::metrics::Metrics;
 use crate::reconcile::measure_lag;
 use crate::resources::{INSTANCE_LABEL, LAG_METRIC};
 
@@ -42,6 +43,8 @@ pub struct ExternalMetricsState {
     pub front_proxy: Arc<FrontProxyTrust>,
     /// Whether that user may read a metric.
     pub access: Arc<SubjectAccessReviewer>,
+    /// Where requests are counted by outcome.
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: ExternalMetricsState) -> Router {
@@ -49,7 +52,10 @@ pub fn router(state: ExternalMetricsState) -> Router {
         .route("/apis/external.metrics.k8s.io/v1beta1", get(resource_list))
         .route(
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
-            get(metric_values),
+            get(metric_values).layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                count_outcome,
+            )),
         )
         // The aggregator fetches these; an empty document keeps it from logging errors.
         .route("/openapi/v2", get(openapi_v2))
@@ -60,6 +66,25 @@ pub fn router(state: ExternalMetricsState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Counts each metric request by the outcome its status tells.
+async fn count_outcome(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let outcome = match response.status() {
+        StatusCode::OK => "ok",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::BAD_REQUEST => "bad_request",
+        _ => "unavailable",
+    };
+    metrics.external_metrics_request(outcome);
+    response
 }
 
 async fn resource_list() -> axum::Json<Value> {

@@ -20,11 +20,18 @@ pub struct InstanceLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Counter,
     pub failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub dbproc_lag: Family<InstanceLabels, Gauge>,
+    pub ready: Family<InstanceLabels, Gauge>,
+    pub external_metrics_requests: Family<OutcomeLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -35,6 +42,8 @@ impl Default for Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let dbproc_lag = Family::<InstanceLabels, Gauge>::default();
+        let ready = Family::<InstanceLabels, Gauge>::default();
+        let external_metrics_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -51,17 +60,48 @@ impl Default for Metrics {
             "dbproc consumer lag measured at the last reconcile",
             dbproc_lag.clone(),
         );
+        registry.register(
+            "brokerauth_ready",
+            "1 while a BrokerAuth's Ready condition is True, 0 otherwise (written by the leader at each reconcile)",
+            ready.clone(),
+        );
+        registry.register(
+            "external_metrics_requests",
+            "Requests to the external metrics API, by outcome: ok, unauthenticated, forbidden, not_found, bad_request, unavailable",
+            external_metrics_requests.clone(),
+        );
+        for outcome in EXTERNAL_METRICS_OUTCOMES {
+            let _ = external_metrics_requests.get_or_create(&OutcomeLabels { outcome });
+        }
         Self {
             reconciles,
             failures,
             reconcile_duration,
             dbproc_lag,
+            ready,
+            external_metrics_requests,
             registry,
         }
     }
 }
 
+/// The outcomes of an external metrics request (the `outcome` label).
+pub const EXTERNAL_METRICS_OUTCOMES: [&str; 6] = [
+    "ok",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "bad_request",
+    "unavailable",
+];
+
 impl Metrics {
+    pub fn external_metrics_request(&self, outcome: &'static str) {
+        self.external_metrics_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
     pub fn record_failure(&self, reason: &str) {
         self.failures
             .get_or_create(&FailureLabels {

@@ -13,6 +13,7 @@ use tracing::warn;
 use crate::crd::{BrokerAuth, BrokerAuthStatus, Condition, TierStatus};
 use crate::error::Result;
 use crate::kafka::TopicReport;
+use crate::metrics::InstanceLabels;
 use crate::reconcile::{Context, PARTITIONS_SUFFICIENT, READY, RECONCILING, STALLED};
 use crate::resources::MANAGER;
 
@@ -223,6 +224,13 @@ pub async fn update_status(
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
+    ctx.metrics
+        .ready
+        .get_or_create(&InstanceLabels {
+            namespace: namespace.to_owned(),
+            name: ba.name_any(),
+        })
+        .set(i64::from(ready));
     // Unchanged conditions keep their transition times, so an unchanged status compares equal
     // and costs no write (and no watch event anywhere).
     if ba.status.as_ref() == Some(&status) {

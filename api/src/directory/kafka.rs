@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{DirectoryError, DirectoryTransport};
+use crate::metrics::Metrics;
 
 /// Deadlines and intervals of the request/reply exchange.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,7 @@ pub struct KafkaTransport {
     pending: Pending,
     timeout: Duration,
     positioned: Arc<AtomicBool>,
+    metrics: Option<Metrics>,
 }
 
 /// Removes a pending call when its future ends, however it ends.
@@ -143,7 +145,14 @@ impl KafkaTransport {
             pending,
             timeout,
             positioned,
+            metrics: None,
         })
+    }
+
+    /// Reports every exchange's duration and timeouts to `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -315,9 +324,11 @@ impl DirectoryTransport for KafkaTransport {
                 .map_err(|_| DirectoryError::Unavailable("the reply reader stopped".into()))
         };
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| DirectoryError::Timeout(self.timeout))?;
+        let result = tokio::time::timeout(self.timeout, exchange).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_rpc(kind.label(), started.elapsed(), result.is_err());
+        }
+        let result = result.map_err(|_| DirectoryError::Timeout(self.timeout))?;
         tracing::debug!(
             kind = kind.label(),
             %request_id,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, RateLimit};
 use super::extract::{ApiJson, Text};
 use super::openapi::{
     CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
@@ -55,6 +55,7 @@ impl FailureLimits {
         window: std::time::Duration,
         per_client_max: u64,
         per_address_max: u64,
+        limit: RateLimit,
     ) -> Result<(), ApiError> {
         for (key, max) in [
             (&self.per_client, per_client_max),
@@ -62,7 +63,7 @@ impl FailureLimits {
         ] {
             let (attempts, retry_after) = state.store.hit(key, window).await?;
             if attempts > max {
-                return Err(ApiError::RateLimited { retry_after });
+                return Err(ApiError::RateLimited { retry_after, limit });
             }
         }
         Ok(())
@@ -143,7 +144,10 @@ pub async fn signup(
         .start_cooldown(&cooldown, state.policy.resend_cooldown)
         .await?
     {
-        return Err(ApiError::RateLimited { retry_after });
+        return Err(ApiError::RateLimited {
+            retry_after,
+            limit: RateLimit::SignupCooldown,
+        });
     }
     if let Err(error) = send_signup_mail(&state, &email).await {
         // Nothing was sent: let the person try again at once.
@@ -279,6 +283,7 @@ pub async fn verify(
             state.policy.verify_failure_window,
             state.policy.verify_max_failures,
             state.policy.verify_max_failures_per_address,
+            RateLimit::VerifyFailures,
         )
         .await?;
     let record = match state
@@ -426,6 +431,7 @@ pub async fn signin(
             state.policy.signin_failure_window,
             state.policy.signin_max_failures,
             state.policy.signin_max_failures_per_address,
+            RateLimit::SigninFailures,
         )
         .await?;
     let credentials = state.directory.credentials(email.as_str()).await?;

@@ -26,8 +26,11 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("rate limited")]
-    RateLimited { retry_after: Duration },
+    #[error("rate limited ({})", limit.label())]
+    RateLimited {
+        retry_after: Duration,
+        limit: RateLimit,
+    },
     #[error("invalid or expired code")]
     InvalidCode,
     #[error("invalid credentials")]
@@ -136,6 +139,45 @@ impl ApiError {
     }
 }
 
+/// Which limit refused a request (the `limit` label of `broker_auth_api_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Requests per client IP and endpoint per minute.
+    PerIp,
+    /// The smooth per-IP limit of the endpoints that cost a bcrypt (signin, verify).
+    HashingPerIp,
+    /// Failed signins for an address (from one client, or in all).
+    SigninFailures,
+    /// Failed verifies for an address (from one client, or in all).
+    VerifyFailures,
+    /// A new signup code for the same address before the resend cooldown ended.
+    SignupCooldown,
+    /// A client's second password hash while its first one runs or waits.
+    HashPerClient,
+}
+
+impl RateLimit {
+    pub const ALL: [RateLimit; 6] = [
+        RateLimit::PerIp,
+        RateLimit::HashingPerIp,
+        RateLimit::SigninFailures,
+        RateLimit::VerifyFailures,
+        RateLimit::SignupCooldown,
+        RateLimit::HashPerClient,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RateLimit::PerIp => "per_ip",
+            RateLimit::HashingPerIp => "hashing_per_ip",
+            RateLimit::SigninFailures => "signin_failures",
+            RateLimit::VerifyFailures => "verify_failures",
+            RateLimit::SignupCooldown => "signup_cooldown",
+            RateLimit::HashPerClient => "hash_per_client",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
@@ -165,8 +207,12 @@ impl IntoResponse for ApiError {
                 response.headers_mut().append(SET_COOKIE, cookie);
             }
         }
+        if let Self::RateLimited { limit, .. } = &self {
+            // For the metrics middleware, which counts refusals by limit.
+            response.extensions_mut().insert(*limit);
+        }
         let retry_after = match &self {
-            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         };
@@ -219,6 +265,7 @@ impl From<crate::crypto::HashError> for ApiError {
             // This client's own previous password is still being hashed: its problem, not ours.
             crate::crypto::HashError::ClientBusy => Self::RateLimited {
                 retry_after: Duration::from_secs(1),
+                limit: RateLimit::HashPerClient,
             },
             other => Self::Internal(other.to_string()),
         }

@@ -32,7 +32,7 @@ pub mod openapi;
 mod ops;
 mod ui;
 
-pub use error::ApiError;
+pub use error::{ApiError, RateLimit};
 pub use ops::ReadinessCache;
 // Public for the fuzz target of the JSON body extractor (`fuzz/`), which decodes into them.
 pub use auth::{SigninRequest, SignupRequest, VerifyRequest};
@@ -222,7 +222,10 @@ async fn rate_limit(
         .await?;
     if count > state.policy.rate_limit_per_minute {
         tracing::info!(route, %ip, "rate limited");
-        return Err(ApiError::RateLimited { retry_after });
+        return Err(ApiError::RateLimited {
+            retry_after,
+            limit: RateLimit::PerIp,
+        });
     }
     let hashing_limit = if route.ends_with("/signin") {
         Some(state.policy.signin_rate_limit_per_minute)
@@ -241,7 +244,10 @@ async fn rate_limit(
             .await?
         {
             tracing::info!(route, %ip, "rate limited (hashing endpoint)");
-            return Err(ApiError::RateLimited { retry_after });
+            return Err(ApiError::RateLimited {
+                retry_after,
+                limit: RateLimit::HashingPerIp,
+            });
         }
     }
     request.extensions_mut().insert(ClientBucket(ip));
@@ -266,6 +272,9 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let response = next.run(request).await;
+    if let Some(limit) = response.extensions().get::<RateLimit>() {
+        state.metrics.rate_limited(*limit);
+    }
     state.metrics.observe_http(
         &route,
         method,

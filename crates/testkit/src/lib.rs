@@ -5,6 +5,7 @@
 
 pub mod counted_kafka;
 pub mod help;
+pub mod metrics_catalogue;
 pub mod postgres;
 pub mod private;
 pub mod process;

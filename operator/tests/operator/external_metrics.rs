@@ -227,6 +227,7 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
         kafka: Arc::new(RdKafkaAdmin::default()),
         front_proxy: ca.trust(),
         access,
+        metrics: Arc::default(),
     })
     .await;
     let as_hpa = |path| Request {
@@ -321,6 +322,7 @@ async fn metric_values_are_served_only_to_users_the_aggregator_vouches_for_and_r
         kafka: Arc::new(RdKafkaAdmin::default()),
         front_proxy: ca.trust(),
         access,
+        metrics: Arc::default(),
     })
     .await;
     let metric = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/brokerauth-dbproc-lag";
@@ -424,7 +426,9 @@ async fn a_replica_that_has_not_listed_the_brokerauths_yet_answers_unavailable_n
         kafka: Arc::new(RdKafkaAdmin::default()),
         front_proxy: ca.trust(),
         access: Arc::new(SubjectAccessReviewer::new(api.client())),
+        metrics: Arc::default(),
     };
+    let metrics = state.metrics.clone();
     let mut request = http::Request::get(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/brokerauth-dbproc-lag?labelSelector=auth.cfdbroker.io%2Fbrokerauth%3Dauth",
     )
@@ -442,6 +446,14 @@ async fn a_replica_that_has_not_listed_the_brokerauths_yet_answers_unavailable_n
     assert_eq!(
         status["message"],
         "the operator has not listed the BrokerAuths yet"
+    );
+    // Counted by outcome, for the alert on external metrics errors.
+    let exposition = metrics.encode();
+    assert!(
+        exposition.contains(
+            "broker_auth_operator_external_metrics_requests_total{outcome=\"unavailable\"} 1"
+        ),
+        "{exposition}"
     );
     drop(writer);
 }

@@ -14,6 +14,7 @@ mod kafka_cleanup;
 mod lag;
 mod leader;
 mod manifests;
+mod metrics_catalogue;
 mod over_time;
 mod reconcile;
 mod settings;

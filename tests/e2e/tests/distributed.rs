@@ -41,6 +41,24 @@ async fn with_dbproc_stopped_requests_fail_fast_with_503_and_recover_when_it_ret
     );
     let body: serde_json::Value = response.json().await.expect("a JSON body");
     assert_eq!(body["error"]["code"], "service_unavailable");
+    // The unanswered request is counted, for the alert on RPC timeouts.
+    let metrics = env.api().metrics_url("/metrics");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "broker_auth_api_kafka_rpc_timeouts_total{kind=\"existence_check\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "broker_auth_api_kafka_rpc_duration_seconds_count{kind=\"existence_check\"}"
+        )
+        .await,
+        1.0
+    );
 
     env.dbproc = Some(env.spawn_dbproc().await);
     let deadline = Instant::now() + PATIENCE;

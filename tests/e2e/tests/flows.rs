@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is a failed test, with its location.
 
-use broker_auth_e2e::{Client, Mode, Options, TestEnv, extract_code};
+use broker_auth_e2e::{Client, Mode, Options, TestEnv, extract_code, metric_sum};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -353,6 +353,25 @@ async fn repeated_failed_signins_are_rate_limited(mode: Mode) {
         .parse()
         .unwrap();
     assert!(retry_after > 0 && retry_after <= 900);
+    // Counted by the limit that refused it; every password check went through the hashing
+    // budget, without waiting.
+    let metrics = env.api().metrics_url("/metrics");
+    let refused = |limit: &str| format!("broker_auth_api_rate_limited_total{{limit=\"{limit}\"}}");
+    assert_eq!(metric_sum(&metrics, &refused("signin_failures")).await, 1.0);
+    assert_eq!(metric_sum(&metrics, &refused("per_ip")).await, 0.0);
+    assert!(metric_sum(&metrics, "broker_auth_api_password_hash_slots").await >= 1.0);
+    assert!(
+        metric_sum(
+            &metrics,
+            "broker_auth_api_password_hash_queue_wait_seconds_count"
+        )
+        .await
+            >= 11.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "broker_auth_api_password_hashes_running").await,
+        0.0
+    );
 }
 
 async fn a_second_signup_within_the_cooldown_is_refused_with_retry_after(mode: Mode) {
@@ -372,6 +391,14 @@ async fn a_second_signup_within_the_cooldown_is_refused_with_retry_after(mode: M
         .expect("the API answers");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        metric_sum(
+            &env.api().metrics_url("/metrics"),
+            "broker_auth_api_rate_limited_total{limit=\"signup_cooldown\"}"
+        )
+        .await,
+        1.0
+    );
     // The first code still works.
     let code = env.code_for(&email).await;
     assert_eq!(
