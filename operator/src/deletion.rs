@@ -114,8 +114,7 @@ pub async fn cleanup(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<
         namespace: namespace.to_owned(),
         name: ba.name_any(),
     };
-    ctx.metrics.dbproc_lag.remove(&instance);
-    ctx.metrics.ready.remove(&instance);
+    ctx.metrics.forget(&instance);
     ctx.forget(ba);
     Ok(Action::await_change())
 }

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub dbproc_lag: Family<InstanceLabels, Gauge>,
     pub ready: Family<InstanceLabels, Gauge>,
+    pub dbproc_replicas: Family<InstanceLabels, Gauge>,
+    pub dbproc_max_replicas: Family<InstanceLabels, Gauge>,
     pub external_metrics_requests: Family<OutcomeLabels, Counter>,
     pub registry: Registry,
 }
@@ -43,6 +45,8 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let dbproc_lag = Family::<InstanceLabels, Gauge>::default();
         let ready = Family::<InstanceLabels, Gauge>::default();
+        let dbproc_replicas = Family::<InstanceLabels, Gauge>::default();
+        let dbproc_max_replicas = Family::<InstanceLabels, Gauge>::default();
         let external_metrics_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
@@ -66,6 +70,16 @@ impl Default for Metrics {
             ready.clone(),
         );
         registry.register(
+            "dbproc_replicas",
+            "dbproc replicas of a BrokerAuth, as its Deployment reported at the last reconcile",
+            dbproc_replicas.clone(),
+        );
+        registry.register(
+            "dbproc_max_replicas",
+            "spec.dbproc.maxReplicas of a BrokerAuth: the most replicas lag can scale dbproc to",
+            dbproc_max_replicas.clone(),
+        );
+        registry.register(
             "external_metrics_requests",
             "Requests to the external metrics API, by outcome: ok, unauthenticated, forbidden, not_found, bad_request, unavailable",
             external_metrics_requests.clone(),
@@ -79,6 +93,8 @@ impl Default for Metrics {
             reconcile_duration,
             dbproc_lag,
             ready,
+            dbproc_replicas,
+            dbproc_max_replicas,
             external_metrics_requests,
             registry,
         }
@@ -100,6 +116,18 @@ impl Metrics {
         self.external_metrics_requests
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Forgets every series of a deleted BrokerAuth.
+    pub fn forget(&self, instance: &InstanceLabels) {
+        for family in [
+            &self.dbproc_lag,
+            &self.ready,
+            &self.dbproc_replicas,
+            &self.dbproc_max_replicas,
+        ] {
+            family.remove(instance);
+        }
     }
 
     pub fn record_failure(&self, reason: &str) {

@@ -224,13 +224,22 @@ pub async fn update_status(
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
+    let instance = InstanceLabels {
+        namespace: namespace.to_owned(),
+        name: ba.name_any(),
+    };
     ctx.metrics
         .ready
-        .get_or_create(&InstanceLabels {
-            namespace: namespace.to_owned(),
-            name: ba.name_any(),
-        })
+        .get_or_create(&instance)
         .set(i64::from(ready));
+    ctx.metrics
+        .dbproc_max_replicas
+        .get_or_create(&instance)
+        .set(i64::from(ba.spec.dbproc.max_replicas));
+    ctx.metrics
+        .dbproc_replicas
+        .get_or_create(&instance)
+        .set(i64::from(observed.dbproc.replicas));
     // Unchanged conditions keep their transition times, so an unchanged status compares equal
     // and costs no write (and no watch event anywhere).
     if ba.status.as_ref() == Some(&status) {

@@ -66,6 +66,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "certificate": {"source": "certManager", "certManager": {"issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}}
         },
     },
+    "monitoring": {
+        "monitoring": {
+            "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        },
+    },
     "kafka-quorum": {
         "kafka": {"replicas": 3, "persistence": {"size": "20Gi", "storageClass": "fast"}},
         "operator": {"replicas": 2},

@@ -115,6 +115,8 @@ def test_every_rendered_object_is_valid_for_kubernetes(rendered: Rendered) -> No
             _validate_against_crd(obj, crd, where, failures)
         elif obj["apiVersion"].startswith("cert-manager.io/"):
             _validate_cert_manager(obj, where, failures)
+        elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            _validate_prometheus_operator(obj, where, failures)
         else:
             try:
                 kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -174,6 +176,101 @@ _CERT_MANAGER_SPECS = {
         },
     },
 }
+
+
+# The Prometheus Operator's CRDs are not vendored either: the fields of monitoring.coreos.com/v1 this chart uses,
+# closed the same way.
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_PROMETHEUS_OPERATOR_SPECS = {
+    "PodMonitor": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["selector", "podMetricsEndpoints"],
+        "properties": {
+            "selector": _LABEL_SELECTOR,
+            "namespaceSelector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+            },
+            "podMetricsEndpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["port"],
+                    "properties": {
+                        "port": {"type": "string"},
+                        "path": {"type": "string"},
+                        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                        "honorLabels": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["groups"],
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "rules"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "rules": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["alert", "expr"],
+                                "properties": {
+                                    "alert": {"type": "string"},
+                                    "expr": {"type": "string"},
+                                    "for": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    },
+}
+
+
+def _validate_prometheus_operator(obj: dict[str, Any], where: str, failures: list[str]) -> None:
+    if obj["apiVersion"] != "monitoring.coreos.com/v1" or obj["kind"] not in _PROMETHEUS_OPERATOR_SPECS:
+        failures.append(f"{where}: unexpected monitoring.coreos.com object")
+        return
+    validator = jsonschema.Draft7Validator(_PROMETHEUS_OPERATOR_SPECS[obj["kind"]])
+    failures.extend(f"{where}: {e.message} at {list(e.path)}" for e in validator.iter_errors(obj["spec"]))
 
 
 def _validate_cert_manager(obj: dict[str, Any], where: str, failures: list[str]) -> None:

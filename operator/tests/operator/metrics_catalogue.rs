@@ -20,6 +20,8 @@ fn the_catalogue_lists_what_the_operator_exposes() {
     metrics.observe_duration(Duration::from_millis(20));
     metrics.dbproc_lag.get_or_create(&instance).set(3);
     metrics.ready.get_or_create(&instance).set(1);
+    metrics.dbproc_replicas.get_or_create(&instance).set(2);
+    metrics.dbproc_max_replicas.get_or_create(&instance).set(10);
     metrics.external_metrics_request("ok");
     let found = differences(
         &catalogue(CATALOGUE, "Operator"),
