@@ -257,6 +257,25 @@ where
     }
 }
 
+/// Keeps `external_metrics_certificate_expiry_timestamp_seconds` on the certificate served now
+/// (it is reloaded when its files change), for the alert on an expiring certificate.
+async fn export_certificate_expiry(
+    cert: Arc<ReloadableCert>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Some(not_after) = cert.not_after() {
+            metrics.certificate_expiry.set(not_after);
+        }
+    }
+}
+
 async fn serve_external_metrics(
     config: &Config,
     client: &Client,
@@ -275,6 +294,11 @@ async fn serve_external_metrics(
         },
     };
     let cert = ReloadableCert::new(source.load()?);
+    tokio::spawn(export_certificate_expiry(
+        cert.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     if let CertSource::Files {
         cert: cert_file,
         key,

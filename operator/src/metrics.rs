@@ -34,6 +34,7 @@ pub struct Metrics {
     pub dbproc_replicas: Family<InstanceLabels, Gauge>,
     pub dbproc_max_replicas: Family<InstanceLabels, Gauge>,
     pub external_metrics_requests: Family<OutcomeLabels, Counter>,
+    pub certificate_expiry: Gauge,
     pub registry: Registry,
 }
 
@@ -48,6 +49,7 @@ impl Default for Metrics {
         let dbproc_replicas = Family::<InstanceLabels, Gauge>::default();
         let dbproc_max_replicas = Family::<InstanceLabels, Gauge>::default();
         let external_metrics_requests = Family::<OutcomeLabels, Counter>::default();
+        let certificate_expiry = Gauge::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -84,6 +86,11 @@ impl Default for Metrics {
             "Requests to the external metrics API, by outcome: ok, unauthenticated, forbidden, not_found, bad_request, unavailable",
             external_metrics_requests.clone(),
         );
+        registry.register(
+            "external_metrics_certificate_expiry_timestamp_seconds",
+            "When the certificate the external metrics API serves expires (Unix time); 0 until it is served",
+            certificate_expiry.clone(),
+        );
         for outcome in EXTERNAL_METRICS_OUTCOMES {
             let _ = external_metrics_requests.get_or_create(&OutcomeLabels { outcome });
         }
@@ -96,6 +103,7 @@ impl Default for Metrics {
             dbproc_replicas,
             dbproc_max_replicas,
             external_metrics_requests,
+            certificate_expiry,
             registry,
         }
     }

@@ -50,6 +50,15 @@ impl ReloadableCert {
         }
     }
 
+    /// When the served certificate expires, in seconds since the Unix epoch; `None` if it cannot
+    /// be read (never for a certificate rustls accepted).
+    pub fn not_after(&self) -> Option<i64> {
+        let chain = self.chain();
+        let leaf = chain.first()?;
+        let (_, certificate) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(certificate.validity().not_after.timestamp())
+    }
+
     /// The certificate chain currently served (for tests and logs).
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.current

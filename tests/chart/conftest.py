@@ -70,6 +70,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "monitoring": {
             "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "grafanaDashboard": {"enabled": True},
         },
     },
     "kafka-quorum": {

@@ -477,3 +477,27 @@ async fn a_replica_is_ready_for_the_service_only_once_it_has_listed_the_brokerau
     writer.apply_watcher_event(&watcher::Event::InitDone);
     assert_eq!(readyz(router).await, 200);
 }
+
+/// The serving certificate's expiry is read from the certificate itself, for the metric the
+/// expiry alert watches; a reloaded certificate's replaces it.
+#[test]
+fn the_served_certificates_expiry_is_read_from_it() {
+    let serving = |not_after: (i32, u8, u8)| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let cert = params.self_signed(&key).unwrap();
+        rustls::sign::CertifiedKey::from_der(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            &rustls::crypto::ring::default_provider(),
+        )
+        .unwrap()
+    };
+    let cert = ReloadableCert::new(serving((2027, 3, 1)));
+    // 2027-03-01T00:00:00Z
+    assert_eq!(cert.not_after(), Some(1_803_859_200));
+    cert.replace(serving((2028, 3, 1)));
+    // 2028-03-01T00:00:00Z
+    assert_eq!(cert.not_after(), Some(1_835_481_600));
+}

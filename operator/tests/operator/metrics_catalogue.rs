@@ -23,6 +23,7 @@ fn the_catalogue_lists_what_the_operator_exposes() {
     metrics.dbproc_replicas.get_or_create(&instance).set(2);
     metrics.dbproc_max_replicas.get_or_create(&instance).set(10);
     metrics.external_metrics_request("ok");
+    metrics.certificate_expiry.set(1_803_859_200);
     let found = differences(
         &catalogue(CATALOGUE, "Operator"),
         &exposed(&metrics.encode()),
