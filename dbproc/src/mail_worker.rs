@@ -54,7 +54,13 @@ impl MailWorker {
             let traceparent = header_str(message.headers(), headers::TRACEPARENT);
             broker_auth_telemetry::set_remote_parent(&span, traceparent);
             let mut held = HeldRecord::new(&self.consumer, ConsumerName::Mail, &message, &shutdown);
+            let started = std::time::Instant::now();
             let outcome = self.process(&message, &mut held).instrument(span).await;
+            if outcome.is_ok() {
+                self.metrics
+                    .mail_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
             match outcome {
                 Ok(()) if held.still_assigned() => consumer::commit(&self.consumer, &message),
                 // Answered, but the partition moved meanwhile: its new owner answers it again.

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub mail_sent: Family<MailLabels, Counter>,
     pub mail_duplicates_skipped: Family<MailLabels, Counter>,
     pub mail_failed_attempts: Family<MailFailureLabels, Counter>,
+    pub mail_duration: Histogram,
     pub assigned_partitions: Family<ConsumerLabels, Gauge>,
     pub rebalanced_partitions: Family<RebalanceLabels, Counter>,
     pub retrying_records: Family<ConsumerLabels, Gauge>,
@@ -121,6 +122,13 @@ impl Default for Metrics {
             "SMTP attempts that failed, by template and error class",
             mail_failed_attempts.clone(),
         );
+        // 1 ms … ~65 s: a mail in retry waits out its backoff within this record's time.
+        let mail_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "mail_duration_seconds",
+            "Time from reading a mail record to being done with it: sent and recorded, skipped as a duplicate, or dead-lettered (retries included)",
+            mail_duration.clone(),
+        );
         let assigned_partitions = Family::<ConsumerLabels, Gauge>::default();
         registry.register(
             "consumer_assigned_partitions",
@@ -166,6 +174,7 @@ impl Default for Metrics {
             mail_sent,
             mail_duplicates_skipped,
             mail_failed_attempts,
+            mail_duration,
             assigned_partitions,
             rebalanced_partitions,
             retrying_records,

@@ -1,11 +1,16 @@
 //! Logging and tracing for every broker-auth binary.
 //!
-//! `init` installs a `tracing` subscriber (filter from `RUST_LOG`, JSON lines when `LOG_FORMAT=json`)
-//! and an OpenTelemetry layer. Spans are exported over OTLP only when
+//! `init` installs a `tracing` subscriber (filter from `RUST_LOG`; JSON lines when `LOG_FORMAT=json`,
+//! each carrying the `trace_id` and `span_id` of the span it was logged in) and an OpenTelemetry
+//! layer. Spans are exported over OTLP only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; trace ids exist either way, so a `traceparent` header
 //! links the API's request span to the worker's message span.
 
 use std::collections::HashMap;
+
+mod json_log;
+
+pub use json_log::JsonWithTraceIds;
 
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
@@ -63,8 +68,8 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, Error> {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true),
+                    .event_format(JsonWithTraceIds)
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()),
             )
             .try_init()?;
     } else {
