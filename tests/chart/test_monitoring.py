@@ -166,3 +166,14 @@ def test_the_dashboard_names_only_catalogued_metrics() -> None:
         assert names, title
         unknown = {n for n in names if n not in catalogued and n.removesuffix("_bucket") not in catalogued}
         assert not unknown, f"panel {title!r} names metrics docs/metrics.md does not list: {sorted(unknown)}"
+
+
+def test_without_the_prometheus_operator_every_pod_is_found_by_its_annotations(rendered_sets) -> None:
+    operator = rendered_sets["defaults"].one("Deployment", "broker-auth-operator")
+    annotations = operator["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # The api and dbproc pods get theirs from the operator.
+    resources = (REPO_ROOT / "operator" / "src" / "resources.rs").read_text()
+    assert '"prometheus.io/scrape": "true"' in resources
