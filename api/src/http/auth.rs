@@ -342,8 +342,9 @@ pub async fn verify(
     match answered {
         Ok(response) => {
             if let Err(error) = state.store.consume_code(email.as_str(), &record.hash).await {
-                // It expires on its own, and a reuse creates nothing: the creation request is
-                // answered as before for these details, and refused for others.
+                // It expires on its own. Until then a reuse with these details gets another
+                // session on the same account (the creation request is answered as before), and
+                // one with other details is refused: no second account either way.
                 tracing::warn!(%error, "could not delete a used code");
             }
             Ok(response)
