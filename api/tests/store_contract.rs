@@ -68,6 +68,15 @@ fn record(hash: &str) -> CodeRecord {
     }
 }
 
+/// How many of the spawned racers got `true`.
+async fn wins(racers: impl Iterator<Item = tokio::task::JoinHandle<bool>>) -> usize {
+    futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(|won| *won.as_ref().unwrap())
+        .count()
+}
+
 fn email() -> String {
     format!("{}@example.com", Uuid::new_v4())
 }
@@ -172,12 +181,7 @@ async fn concurrent_consumers_of_one_code_have_one_winner(store: Arc<dyn Ephemer
         let (store, email) = (store.clone(), email.clone());
         tokio::spawn(async move { store.consume_code(&email, "h").await.unwrap() })
     });
-    let wins = futures::future::join_all(racers)
-        .await
-        .into_iter()
-        .filter(|won| *won.as_ref().unwrap())
-        .count();
-    assert_eq!(wins, 1);
+    assert_eq!(wins(racers).await, 1);
 }
 
 async fn a_cooldown_blocks_until_it_ends(store: Arc<dyn EphemeralStore>) {
@@ -411,12 +415,7 @@ async fn concurrent_holders_of_one_code_have_one_winner(store: Arc<dyn Ephemeral
                 .unwrap()
         })
     });
-    let wins = futures::future::join_all(racers)
-        .await
-        .into_iter()
-        .filter(|won| *won.as_ref().unwrap())
-        .count();
-    assert_eq!(wins, 1);
+    assert_eq!(wins(racers).await, 1);
 }
 
 async fn a_release_leaves_a_newer_code_alone(store: Arc<dyn EphemeralStore>) {

@@ -14,6 +14,22 @@ use serde_json::json;
 use support::{Harness, MailSettings};
 use uuid::Uuid;
 
+/// Mails `to` once more (same key, so the same partition) and waits until that mail arrives:
+/// everything before it on the partition has been handled by then.
+async fn a_later_mail_arrives(harness: &Harness, to: &str, patience: Duration) {
+    harness
+        .mail(to, json!({"template": "account_exists"}))
+        .await;
+    harness
+        .smtp
+        .wait_for(
+            |m| m.is_to(to) && m.subject().as_deref() == Some("You already have an account"),
+            patience,
+        )
+        .await
+        .expect("the later mail arrives");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_mail_request_is_not_sent_twice() {
     let harness = Harness::start("mail-once").await;
@@ -30,17 +46,7 @@ async fn a_redelivered_mail_request_is_not_sent_twice() {
     harness.produce(&mail_topic, to, &payload, &[]).await;
     harness.produce(&mail_topic, to, &payload, &[]).await;
     // A later mail on the same partition marks the point where both were handled.
-    harness
-        .mail(to, json!({"template": "account_exists"}))
-        .await;
-    harness
-        .smtp
-        .wait_for(
-            |m| m.is_to(to) && m.subject().as_deref() == Some("You already have an account"),
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("the later mail arrives");
+    a_later_mail_arrives(&harness, to, Duration::from_secs(20)).await;
 
     let codes: Vec<_> = harness
         .smtp
@@ -92,17 +98,7 @@ async fn a_mail_being_sent_at_shutdown_is_finished_and_not_sent_again_after_rest
     harness.start_dbproc(MailSettings::default()).await;
     // A later mail on the same partition (same key) marks the point where a redelivery of the
     // first would have been handled.
-    harness
-        .mail(to, json!({"template": "account_exists"}))
-        .await;
-    harness
-        .smtp
-        .wait_for(
-            |m| m.is_to(to) && m.subject().as_deref() == Some("You already have an account"),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("the later mail arrives");
+    a_later_mail_arrives(&harness, to, Duration::from_secs(30)).await;
     let sent = harness
         .smtp
         .messages()

@@ -44,6 +44,17 @@ impl Map {
         self.entries.get_mut(key)
     }
 
+    /// The live code record under `key` if it still has `hash` (the one a caller compared).
+    fn code(&mut self, key: &str, hash: &str, now: Instant) -> Option<&mut CodeRecord> {
+        match self.live(key, now) {
+            Some(Entry {
+                value: Value::Code(record),
+                ..
+            }) if record.hash == hash => Some(record),
+            _ => None,
+        }
+    }
+
     fn insert(&mut self, key: String, value: Value, ttl: Duration, now: Instant) {
         self.writes_since_sweep += 1;
         // Expired entries nobody reads again are dropped in passing, so memory stays bounded.
@@ -181,16 +192,9 @@ impl EphemeralStore for MemoryStore {
         let key = key("otp", email);
         let now_unix_ms = unix_ms(SystemTime::now());
         Ok(self.with(|map, now| {
-            let Some(Entry {
-                value: Value::Code(record),
-                ..
-            }) = map.live(&key, now)
-            else {
+            let Some(record) = map.code(&key, hash, now) else {
                 return false;
             };
-            if record.hash != hash {
-                return false;
-            }
             match &record.hold {
                 Some(hold) if hold.holder == holder => {
                     record.attempts = record.attempts.saturating_sub(1);
@@ -210,14 +214,10 @@ impl EphemeralStore for MemoryStore {
     async fn release_code(&self, email: &str, hash: &str, holder: &str) -> Result<bool> {
         let key = key("otp", email);
         Ok(self.with(|map, now| {
-            let Some(Entry {
-                value: Value::Code(record),
-                ..
-            }) = map.live(&key, now)
-            else {
+            let Some(record) = map.code(&key, hash, now) else {
                 return false;
             };
-            if record.hash != hash || record.hold.as_ref().is_none_or(|h| h.holder != holder) {
+            if record.hold.as_ref().is_none_or(|h| h.holder != holder) {
                 return false;
             }
             record.hold = None;
@@ -229,10 +229,7 @@ impl EphemeralStore for MemoryStore {
     async fn consume_code(&self, email: &str, hash: &str) -> Result<bool> {
         let key = key("otp", email);
         Ok(self.with(|map, now| {
-            let matches = matches!(
-                map.live(&key, now),
-                Some(Entry { value: Value::Code(record), .. }) if record.hash == hash
-            );
+            let matches = map.code(&key, hash, now).is_some();
             if matches {
                 map.entries.remove(&key);
             }
