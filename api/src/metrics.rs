@@ -33,6 +33,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplyLabels {
+    awaited: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
 }
@@ -47,6 +52,7 @@ pub struct Metrics {
     durations: HistogramFamily<RouteLabels>,
     rpc_durations: HistogramFamily<KindLabels>,
     rpc_timeouts: Family<KindLabels, Counter>,
+    replies_read: Family<ReplyLabels, Counter>,
     hash_queue_wait: Histogram,
     hash_running: Gauge,
     hash_slots: Gauge,
@@ -69,6 +75,7 @@ impl Metrics {
         let rpc_durations: HistogramFamily<KindLabels> =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
         let rpc_timeouts = Family::<KindLabels, Counter>::default();
+        let replies_read = Family::<ReplyLabels, Counter>::default();
         let hash_queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 13));
         let hash_running = Gauge::default();
         let hash_slots = Gauge::default();
@@ -94,6 +101,14 @@ impl Metrics {
             "User-directory requests whose reply did not come within the reply timeout (answered 503), by request kind",
             rpc_timeouts.clone(),
         );
+        registry.register(
+            "kafka_replies_read",
+            "Reply records the reply reader read: awaited=\"true\" answered a request of this instance, \"false\" were another instance's or came after the timeout",
+            replies_read.clone(),
+        );
+        for awaited in ["true", "false"] {
+            let _ = replies_read.get_or_create(&ReplyLabels { awaited });
+        }
         registry.register(
             "password_hash_queue_wait_seconds",
             "Time a password hash or check waited for a hashing slot (0 when one was free)",
@@ -131,6 +146,7 @@ impl Metrics {
             durations,
             rpc_durations,
             rpc_timeouts,
+            replies_read,
             hash_queue_wait,
             hash_running,
             hash_slots,
@@ -163,6 +179,15 @@ impl Metrics {
         if timed_out {
             self.rpc_timeouts.get_or_create(&labels).inc();
         }
+    }
+
+    /// A reply record read; `awaited` when a request of this instance was waiting for it.
+    pub fn reply_read(&self, awaited: bool) {
+        self.replies_read
+            .get_or_create(&ReplyLabels {
+                awaited: if awaited { "true" } else { "false" },
+            })
+            .inc();
     }
 
     pub fn rate_limited(&self, limit: crate::http::RateLimit) {

@@ -14,6 +14,7 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,19 @@ impl KafkaOutbox {
 impl MailOutbox for KafkaOutbox {
     async fn enqueue(&self, mail: MailRequest) -> Result<(), OutboxError> {
         let id = Uuid::new_v4();
+        // The mail record carries this span's trace context: dbproc's sending is its child.
+        let span = tracing::info_span!(
+            "mail_enqueue",
+            otel.kind = "producer",
+            template = mail.template.name(),
+            request_id = %id,
+        );
+        self.produce(id, mail).instrument(span).await
+    }
+}
+
+impl KafkaOutbox {
+    async fn produce(&self, id: Uuid, mail: MailRequest) -> Result<(), OutboxError> {
         let key = mail.to.clone();
         // Sealed, so the topic, its dead letters and the broker's disks hold no usable code.
         let body = Envelope::new(id, self.seal.seal(mail)).to_json();

@@ -105,8 +105,10 @@ pub struct Config {
     pub kafka_properties: broker_auth_kafka::PropertiesArgs,
 
     /// Longest a fetch waits at the broker for new records, in milliseconds
-    /// (`fetch.wait.max.ms`); bounds the latency a request spends queued in Kafka.
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100,
+    /// (`fetch.wait.max.ms`). On tansu, which answers a fetch only when this wait is over, every
+    /// request waits on it: keep it small (10). Apache Kafka answers as soon as a record arrives,
+    /// so there a long wait (500) costs no latency and saves idle fetches. See docs/capacity.md.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub kafka_fetch_wait_ms: u32,
 

@@ -103,6 +103,7 @@ impl DirectoryWorker {
         };
         let span = tracing::info_span!(
             "directory_request",
+            otel.kind = "consumer",
             kind = request.kind.label(),
             partition = message.partition(),
             offset = message.offset(),
@@ -185,9 +186,12 @@ impl DirectoryWorker {
             )
         });
 
+        // The reply record carries this span's trace context, so the API's receipt of the reply
+        // closes the same trace.
+        let reply_span = tracing::info_span!("directory_reply", otel.kind = "producer");
         let reply_headers = ReplyHeaders {
             correlation_id: request.correlation_id,
-            traceparent: request.traceparent.clone(),
+            traceparent: broker_auth_telemetry::traceparent(&reply_span),
         }
         .encode();
         let reply_headers = broker_auth_kafka::headers(
@@ -203,6 +207,7 @@ impl DirectoryWorker {
                 reply_headers,
                 held,
             )
+            .instrument(reply_span)
             .await?;
 
         // Invalid requests are answered (so the API does not wait for a timeout) and also kept

@@ -46,6 +46,7 @@ impl MailWorker {
         {
             let span = tracing::info_span!(
                 "mail",
+                otel.kind = "consumer",
                 partition = message.partition(),
                 offset = message.offset(),
                 template = tracing::field::Empty,
@@ -123,7 +124,13 @@ impl MailWorker {
             attempt += 1;
             // Not begun after shutdown, but finished if shutdown comes meanwhile, and recorded.
             held.check_shutdown()?;
-            let sent = held.finish(self.mailer.send(request_id, &mail)).await;
+            let sent = held
+                .finish(
+                    self.mailer
+                        .send(request_id, &mail)
+                        .instrument(tracing::info_span!("smtp_send", attempt)),
+                )
+                .await;
             let error = match sent {
                 Ok(()) => {
                     self.metrics

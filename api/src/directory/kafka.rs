@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,7 +45,8 @@ pub struct KafkaTransport {
     pending: Pending,
     timeout: Duration,
     positioned: Arc<AtomicBool>,
-    metrics: Option<Metrics>,
+    /// Set once by [`KafkaTransport::with_metrics`]; the reply reader counts what it reads.
+    metrics: Arc<OnceLock<Metrics>>,
 }
 
 /// Removes a pending call when its future ends, however it ends.
@@ -118,10 +119,12 @@ impl KafkaTransport {
         let pending: Pending = Arc::default();
         let reply_partitions = Arc::new(AtomicUsize::new(assignment.count()));
         let positioned = Arc::new(AtomicBool::new(true));
+        let metrics = Arc::new(OnceLock::new());
         tokio::spawn(
             read_replies(
                 consumer.clone(),
                 pending.clone(),
+                metrics.clone(),
                 PositionedGuard(positioned.clone()),
                 shutdown.clone(),
             )
@@ -145,13 +148,13 @@ impl KafkaTransport {
             pending,
             timeout,
             positioned,
-            metrics: None,
+            metrics,
         })
     }
 
     /// Reports every exchange's duration and timeouts to `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let _ = self.metrics.set(metrics);
         self
     }
 }
@@ -244,6 +247,7 @@ impl KafkaTransport {
 async fn read_replies(
     consumer: Arc<StreamConsumer>,
     pending: Pending,
+    metrics: Arc<OnceLock<Metrics>>,
     _positioned: PositionedGuard,
     shutdown: CancellationToken,
 ) {
@@ -259,8 +263,10 @@ async fn read_replies(
                 continue;
             }
         };
-        let Ok(ReplyHeaders { correlation_id, .. }) =
-            ReplyHeaders::decode(&raw_headers(message.headers()))
+        let Ok(ReplyHeaders {
+            correlation_id,
+            traceparent,
+        }) = ReplyHeaders::decode(&raw_headers(message.headers()))
         else {
             tracing::warn!(
                 topic = message.topic(),
@@ -271,8 +277,21 @@ async fn read_replies(
             continue;
         };
         let waiter = lock(&pending).remove(&correlation_id);
+        if let Some(metrics) = metrics.get() {
+            metrics.reply_read(waiter.is_some());
+        }
         match waiter {
             Some(waiter) => {
+                // The end of the request's trace: a child of the span that produced the reply.
+                let span = tracing::info_span!(
+                    "directory_reply_received",
+                    otel.kind = "consumer",
+                    %correlation_id,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                );
+                broker_auth_telemetry::set_remote_parent(&span, traceparent.as_deref());
+                let _entered = span.enter();
                 let _ = waiter.send(message.payload().unwrap_or_default().to_vec());
             }
             None => tracing::trace!(%correlation_id, "reply for another instance or too late"),
@@ -290,6 +309,39 @@ impl DirectoryTransport for KafkaTransport {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, DirectoryError> {
         let correlation_id = Uuid::new_v4();
+        // The request record carries this span's trace context: dbproc's handling is its child.
+        let span = tracing::info_span!(
+            "directory_rpc",
+            otel.kind = "client",
+            kind = kind.label(),
+            %request_id,
+            %correlation_id,
+        );
+        self.exchange(kind, key, correlation_id, body)
+            .instrument(span)
+            .await
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if !self.positioned.load(Ordering::Acquire) {
+            return Err("the reply reader is not running".into());
+        }
+        if !broker_auth_kafka::is_reachable(self.consumer.clone(), Duration::from_secs(2)).await {
+            return Err("kafka is not reachable".into());
+        }
+        Ok(())
+    }
+}
+
+impl KafkaTransport {
+    /// Produces the request and waits for its reply, within the reply timeout.
+    async fn exchange(
+        &self,
+        kind: RequestKind,
+        key: &str,
+        correlation_id: Uuid,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, DirectoryError> {
         let (sender, receiver) = oneshot::channel();
         lock(&self.pending).insert(correlation_id, sender);
         let _guard = PendingGuard {
@@ -325,28 +377,16 @@ impl DirectoryTransport for KafkaTransport {
         };
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, exchange).await;
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = self.metrics.get() {
             metrics.observe_rpc(kind.label(), started.elapsed(), result.is_err());
         }
         let result = result.map_err(|_| DirectoryError::Timeout(self.timeout))?;
+        // The span carries the kind, request id and correlation id.
         tracing::debug!(
-            kind = kind.label(),
-            %request_id,
-            %correlation_id,
             elapsed_ms = started.elapsed().as_millis(),
             ok = result.is_ok(),
             "directory round trip"
         );
         result
-    }
-
-    async fn ready(&self) -> Result<(), String> {
-        if !self.positioned.load(Ordering::Acquire) {
-            return Err("the reply reader is not running".into());
-        }
-        if !broker_auth_kafka::is_reachable(self.consumer.clone(), Duration::from_secs(2)).await {
-            return Err("kafka is not reachable".into());
-        }
-        Ok(())
     }
 }

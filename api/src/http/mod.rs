@@ -166,7 +166,12 @@ pub fn router(state: AppState) -> Router {
                     .extensions()
                     .get::<MatchedPath>()
                     .map_or("unmatched", MatchedPath::as_str);
-                tracing::info_span!("http", method = %request.method(), route)
+                tracing::info_span!(
+                    "http",
+                    otel.kind = "server",
+                    method = %request.method(),
+                    route
+                )
             }),
         )
         .layer(CatchPanicLayer::custom(|_| {

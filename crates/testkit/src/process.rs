@@ -79,6 +79,11 @@ impl ManagedProcess {
         self.child.is_some()
     }
 
+    /// The running process's id, to read its `/proc` entries.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
+    }
+
     /// Starts the process (again). Its environment is this test's plus the settings given.
     pub fn start(&mut self) -> io::Result<()> {
         if self.child.is_some() {

@@ -177,15 +177,25 @@ impl TestEnv {
     }
 
     pub async fn start_with(mode: Mode, options: Options) -> Self {
+        let mut env = Self::services_only(mode, options).await;
+        if mode == Mode::Distributed {
+            env.dbproc = Some(env.spawn_dbproc().await);
+        }
+        let api = env.spawn_api().await;
+        env.apis.push(api);
+        env
+    }
+
+    /// The services of `mode` (Kafka topics prefix, Redis keys, a database, the SMTP capture)
+    /// with no API or dbproc running: for tests that start the real binaries, with
+    /// [`Self::api_args`] and [`Self::dbproc_args`].
+    pub async fn services_only(mode: Mode, options: Options) -> Self {
         let mut env = Self::bare(mode, options).await;
         if mode == Mode::Distributed {
             services::require_kafka().await;
             services::require_redis().await;
             env.database = Some(TestDatabase::create().await);
-            env.dbproc = Some(env.spawn_dbproc().await);
         }
-        let api = env.spawn_api().await;
-        env.apis.push(api);
         env
     }
 
@@ -287,9 +297,9 @@ impl TestEnv {
         api
     }
 
-    /// Starts dbproc against this test's database, topics and SMTP capture, and waits until it
-    /// reports ready (consumers assigned).
-    pub async fn spawn_dbproc(&self) -> Running {
+    /// The command line of dbproc serving this environment (distributed mode), program name
+    /// first: this test's database, topics and SMTP capture.
+    pub fn dbproc_args(&self) -> Vec<String> {
         let database = self
             .database
             .as_ref()
@@ -299,7 +309,7 @@ impl TestEnv {
         // tansu stalls cooperative rebalances of static members (see dbproc's --help).
         let strategy =
             std::env::var("KAFKA_ASSIGNMENT_STRATEGY").unwrap_or_else(|_| "range".to_owned());
-        let args = [
+        [
             "broker-auth-dbproc",
             "serve",
             "--kafka-group-instance-id",
@@ -324,7 +334,15 @@ impl TestEnv {
             MAIL_SEAL_KEY,
             "--metrics-listen",
             "127.0.0.1:0",
-        ];
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Starts dbproc against this test's database, topics and SMTP capture, and waits until it
+    /// reports ready (consumers assigned).
+    pub async fn spawn_dbproc(&self) -> Running {
+        let args = self.dbproc_args();
         let broker_auth_dbproc::Command::Serve(config) =
             broker_auth_dbproc::Cli::try_parse_from(args)
                 .expect("dbproc settings")
