@@ -303,7 +303,9 @@ pub struct DbprocSpec {
     #[serde(default = "default_dbproc_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// Queued requests one replica is expected to absorb: the HPA's `AverageValue` target.
+    /// Queued requests one replica is expected to absorb: the HPA's `AverageValue` target. The
+    /// default (1600) keeps a queued request's wait within half the API's 5 s reply timeout at
+    /// the rate one replica was measured to answer (docs/scaling.md).
     #[serde(default = "default_lag_per_replica")]
     #[schemars(range(min = 1))]
     pub lag_per_replica: i64,
@@ -367,8 +369,11 @@ fn default_dbproc_min_replicas() -> i32 {
 fn default_dbproc_max_replicas() -> i32 {
     6
 }
+/// Measured by `scripts/bench` (worker tier): one replica answered about 670 directory requests
+/// a second, so a request queued behind 1,600 others waits about 2.4 s, half the API's default
+/// 5 s reply timeout. See docs/scaling.md for how to derive it for other hardware.
 fn default_lag_per_replica() -> i64 {
-    50
+    1600
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

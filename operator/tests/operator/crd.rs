@@ -102,7 +102,7 @@ fn the_example_brokerauth_validates_against_the_crd() {
 fn the_crd_schema_refuses_what_it_can() {
     let text = std::fs::read_to_string(repo_root().join("k8s/examples/brokerauth.yaml")).unwrap();
     for (from, to) in [
-        ("lagPerReplica: 50", "lagPerReplica: 0"),
+        ("lagPerReplica: 1600", "lagPerReplica: 0"),
         // api's; dbproc's may be 0 with KEDA (a CEL rule, tested below).
         ("minReplicas: 2", "minReplicas: 0"),
         ("tag: 0.1.0", "tag: \"bad tag\""),
@@ -115,8 +115,8 @@ fn the_crd_schema_refuses_what_it_can() {
             "      name: broker-auth-jwt",
         ),
         (
-            "    lagPerReplica: 50",
-            "    lagPerReplica: 50\n    unknownField: 1",
+            "    lagPerReplica: 1600",
+            "    lagPerReplica: 1600\n    unknownField: 1",
         ),
         // dbproc does not start without MAIL_FROM, so neither it nor the dbproc block may be left out.
         ("    mailFrom: \"Broker <no-reply@example.com>\"\n", ""),
@@ -125,7 +125,7 @@ fn the_crd_schema_refuses_what_it_can() {
             "    mailFrom: \"\"",
         ),
         (
-            "  dbproc:\n    minReplicas: 1\n    maxReplicas: 6\n    lagPerReplica: 50\n    mailFrom: \"Broker <no-reply@example.com>\"\n",
+            "  dbproc:\n    minReplicas: 1\n    maxReplicas: 6\n    lagPerReplica: 1600\n    mailFrom: \"Broker <no-reply@example.com>\"\n",
             "",
         ),
     ] {

@@ -123,7 +123,7 @@ fn the_keda_scaled_object_has_one_kafka_trigger_per_request_topic() {
             assert!(value.is_string(), "{key} is not a string");
         }
         assert_eq!(metadata["consumerGroup"], topics.dbproc_group().as_str());
-        assert_eq!(metadata["lagThreshold"], "50");
+        assert_eq!(metadata["lagThreshold"], "1600");
         assert_eq!(metadata["offsetResetPolicy"], "earliest");
         assert_eq!(metadata["allowIdleConsumers"], "false");
     }

@@ -44,7 +44,7 @@ struct Cli {
     #[arg(long, default_value_t = 10)]
     api_fetch_wait_ms: u32,
     /// `KAFKA_FETCH_WAIT_MS` of dbproc (default: dbproc's default).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 10)]
     dbproc_fetch_wait_ms: u32,
     /// Only these sections (floors are always measured): latency, throughput, memory,
     /// worker-tier, scale-out.
