@@ -64,6 +64,8 @@ struct Plan {
     drain_partitions: Vec<u32>,
     /// How long the idle cost is measured.
     idle: Duration,
+    /// Mails queued for the mail drain.
+    mails: usize,
     scale_out: Vec<usize>,
 }
 
@@ -84,6 +86,7 @@ impl Plan {
                 backlog: 1_500,
                 drain_partitions: vec![3],
                 idle: Duration::from_secs(3),
+                mails: 100,
                 scale_out: vec![1, 2],
             }
         } else {
@@ -101,6 +104,7 @@ impl Plan {
                 backlog: 10_000,
                 drain_partitions: vec![1, 3, 6],
                 idle: Duration::from_secs(10),
+                mails: 1_000,
                 scale_out: vec![1, 2, 4, 8],
             }
         }
@@ -519,6 +523,11 @@ async fn worker_tier_table(settings: &Settings, plan: &Plan) -> Result<(Table, f
         row.push(json!(drain.lag_threshold()));
         table.row(row);
     }
+    let mail = worker_tier::mail_drain(settings, plan.mails).await?;
+    table.note(format!(
+        "Mail: one replica sent {} queued signup mails to the SMTP capture at {:.0} mails/s.",
+        mail.mails, mail.rate
+    ));
     let idle = worker_tier::idle_cost(settings, plan.idle).await?;
     table.note(format!(
         "Idle (no requests, {:?}): api {:.3} cores, dbproc {:.3} cores, Redis + Postgres + tansu {:.3} cores \

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use broker_auth_contract::{
-    AuthenticationLookup, Envelope, ExistenceCheck, RequestHeaders, RequestKind, Topics,
-    UserCreation,
+    AuthenticationLookup, Envelope, ExistenceCheck, MailRequest, MailSealKey, MailTemplate,
+    RequestHeaders, RequestKind, Topics, UserCreation, headers,
 };
-use broker_auth_e2e::{Mode, Options, TestEnv};
+use broker_auth_e2e::{MAIL_SEAL_KEY, Mode, Options, TestEnv};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use broker_auth_kafka::rdkafka::producer::FutureRecord;
@@ -225,4 +225,87 @@ pub async fn idle_cost(settings: &Settings, over: Duration) -> Result<IdleCost> 
     };
     deployment.stop().await;
     Ok(cost)
+}
+
+/// One mail drain: `mails` signup-code mails queued on the mail topic before one dbproc replica
+/// starts, sent to the SMTP capture.
+pub struct MailDrain {
+    pub mails: usize,
+    /// Mails per second from the first accepted to the last.
+    pub rate: f64,
+}
+
+pub async fn mail_drain(settings: &Settings, mails: usize) -> Result<MailDrain> {
+    let env = TestEnv::services_only(Mode::Distributed, Options::default()).await;
+    let topics = Topics::new(env.prefix.clone())?;
+    let mut kafka = KafkaSettings::new(services::kafka_brokers());
+    kafka.topic_partitions = i32::try_from(settings.partitions)?;
+    broker_auth_kafka::ensure_topics(&kafka, &topics.all()).await?;
+    let seal = MailSealKey::from_secret(MAIL_SEAL_KEY.as_bytes())?;
+    let producer = kafka.producer()?;
+    let topic = topics.mail();
+    let mut sends = Vec::new();
+    for i in 0..mails {
+        let to = format!("mail-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+        let id = uuid::Uuid::new_v4();
+        let body = Envelope::new(
+            id,
+            seal.seal(MailRequest {
+                to: to.clone(),
+                template: MailTemplate::SignupCode {
+                    code: "123456".to_owned(),
+                    expires_in_minutes: 5,
+                },
+            }),
+        )
+        .to_json();
+        let (producer, topic) = (producer.clone(), topic.clone());
+        sends.push(async move {
+            let correlation = id.to_string();
+            let record = FutureRecord::to(&topic).key(&to).payload(&body).headers(
+                broker_auth_kafka::headers([(headers::CORRELATION_ID, correlation.as_str())]),
+            );
+            producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map(|_| ())
+                .map_err(|(error, _)| error)
+        });
+    }
+    for sent in futures::future::join_all(sends).await {
+        sent?;
+    }
+    let mut deployment = Deployment {
+        env,
+        apis: Vec::new(),
+        dbproc: None,
+    };
+    deployment.dbproc = Some(deployment.start_dbproc(settings, "dbproc-mail").await?);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first = None;
+    let done = loop {
+        let sent = deployment.env.smtp.messages().len();
+        let now = Instant::now();
+        if sent > 0 && first.is_none() {
+            first = Some(now);
+        }
+        if sent >= mails {
+            break now;
+        }
+        if now > deadline {
+            return Err(format!("only {sent} of {mails} mails were sent").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if let Some(dbproc) = &mut deployment.dbproc {
+        dbproc.process.stop(Stop::Term).await?;
+    }
+    let sending = done
+        .duration_since(first.unwrap_or(done))
+        .as_secs_f64()
+        .max(1e-3);
+    Ok(MailDrain {
+        mails,
+        rate: mails as f64 / sending,
+    })
 }
