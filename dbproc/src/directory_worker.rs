@@ -187,11 +187,12 @@ impl DirectoryWorker {
         });
 
         // The reply record carries this span's trace context, so the API's receipt of the reply
-        // closes the same trace.
+        // closes the same trace; without tracing set up, the request's context passes through.
         let reply_span = tracing::info_span!("directory_reply", otel.kind = "producer");
         let reply_headers = ReplyHeaders {
             correlation_id: request.correlation_id,
-            traceparent: broker_auth_telemetry::traceparent(&reply_span),
+            traceparent: broker_auth_telemetry::traceparent(&reply_span)
+                .or_else(|| request.traceparent.clone()),
         }
         .encode();
         let reply_headers = broker_auth_kafka::headers(

@@ -152,7 +152,7 @@ impl KafkaTransport {
         })
     }
 
-    /// Reports every exchange's duration and timeouts to `metrics`.
+    /// Reports every exchange's duration and timeouts, and every reply read, to `metrics`.
     pub fn with_metrics(self, metrics: Metrics) -> Self {
         let _ = self.metrics.set(metrics);
         self
