@@ -152,10 +152,13 @@ const ME_PER_WALK: usize = 20;
 pub const FLOWS: [&str; 5] = ["signup", "verify", "signin", "me", "logout"];
 
 /// Latency of each flow, one request at a time: `iterations` walks of signup → verify → me →
-/// logout → signin for new addresses.
+/// logout → signin for new addresses. After each walk the bench hashes once itself at
+/// `bcrypt_cost` (the `"bcrypt"` samples), so the flows are compared with a bcrypt floor taken
+/// in the same minutes rather than at the start of the run.
 pub async fn latency(
     deployment: &Deployment,
     iterations: usize,
+    bcrypt_cost: u32,
 ) -> Result<HashMap<&'static str, Samples>> {
     let mut samples: HashMap<&'static str, Samples> = HashMap::new();
     // One unmeasured walk: connections and caches warm.
@@ -195,6 +198,13 @@ pub async fn latency(
         let status = http.signin(&email).await;
         timed("signin", started);
         expect(status, StatusCode::OK, "signin")?;
+
+        let hashed = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            bcrypt::hash(PASSWORD, bcrypt_cost).map(|_| started.elapsed())
+        })
+        .await??;
+        samples.entry("bcrypt").or_default().push(hashed);
     }
     Ok(samples)
 }
