@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use axum::http::StatusCode;
-use broker_auth_e2e::{Client, Mode, TestEnv, wait_until_ok};
+use broker_auth_e2e::{Client, Mode, TestEnv, set_arg, wait_until_ok};
 use broker_auth_testkit::process::free_port;
 
 const PASSWORD: &str = "correct horse battery";
@@ -29,11 +29,7 @@ async fn spawn_process(env: &TestEnv) -> ApiProcess {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut args = env.api_args();
     args.remove(0);
-    let listen = args
-        .iter()
-        .position(|arg| arg == "--listen")
-        .expect("the harness sets --listen");
-    args[listen + 1] = addr.to_string();
+    set_arg(&mut args, "--listen", &addr.to_string());
     let child = Command::new(env!("CARGO_BIN_EXE_broker-auth-api"))
         .args(&args)
         .env_remove("KAFKA_BROKERS")

@@ -233,6 +233,11 @@ impl SmtpCapture {
         self.shared.messages.borrow().clone()
     }
 
+    /// How many messages were accepted so far, without copying them.
+    pub fn message_count(&self) -> usize {
+        self.shared.messages.borrow().len()
+    }
+
     /// How many SMTP connections were accepted so far.
     pub fn connections_accepted(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)

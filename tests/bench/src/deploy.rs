@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use broker_auth_e2e::{Mode, Options, TestEnv};
+use broker_auth_e2e::{Mode, Options, TestEnv, set_arg};
 use broker_auth_testkit::process::{ManagedProcess, Stop, free_port};
 
 use crate::Result;
@@ -76,14 +76,6 @@ fn log_path(name: &str) -> PathBuf {
     ))
 }
 
-/// Replaces the value after `flag`, or appends the flag.
-fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
-    match args.iter().position(|arg| arg == flag) {
-        Some(at) => args[at + 1] = value.to_owned(),
-        None => args.extend([flag.to_owned(), value.to_owned()]),
-    }
-}
-
 impl Deployment {
     pub async fn start(settings: &Settings) -> Result<Self> {
         let options = Options {
@@ -115,13 +107,13 @@ impl Deployment {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = self.env.dbproc_args();
         args.remove(0);
-        set_flag(&mut args, "--metrics-listen", &metrics.to_string());
-        set_flag(
+        set_arg(&mut args, "--metrics-listen", &metrics.to_string());
+        set_arg(
             &mut args,
             "--kafka-fetch-wait-ms",
             &settings.dbproc_fetch_wait_ms.to_string(),
         );
-        set_flag(
+        set_arg(
             &mut args,
             "--kafka-topic-partitions",
             &settings.partitions.to_string(),
@@ -144,21 +136,21 @@ impl Deployment {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = self.env.api_args();
         args.remove(0);
-        set_flag(&mut args, "--listen", &addr.to_string());
-        set_flag(&mut args, "--metrics-listen", &metrics.to_string());
+        set_arg(&mut args, "--listen", &addr.to_string());
+        set_arg(&mut args, "--metrics-listen", &metrics.to_string());
         if settings.mode == Mode::Distributed {
-            set_flag(
+            set_arg(
                 &mut args,
                 "--kafka-fetch-wait-ms",
                 &settings.api_fetch_wait_ms.to_string(),
             );
-            set_flag(
+            set_arg(
                 &mut args,
                 "--kafka-topic-partitions",
                 &settings.partitions.to_string(),
             );
             // The production reply deadline, not the tests' short one.
-            set_flag(&mut args, "--kafka-reply-timeout-ms", "5000");
+            set_arg(&mut args, "--kafka-reply-timeout-ms", "5000");
         }
         let name = format!("api-{index}");
         let mut process = ManagedProcess::new(&name, binary("broker-auth-api")?, log_path(&name))
@@ -176,6 +168,15 @@ impl Deployment {
 
     pub fn api(&self) -> &Proc {
         &self.apis[0]
+    }
+
+    /// CPU seconds all API processes have used so far.
+    pub fn apis_cpu_seconds(&self) -> f64 {
+        self.apis
+            .iter()
+            .filter_map(usage_of)
+            .map(|u| u.cpu_seconds)
+            .sum()
     }
 
     pub async fn stop(mut self) {
@@ -242,6 +243,11 @@ pub fn usage(pid: &str) -> Option<Usage> {
 
 pub fn usage_of(process: &Proc) -> Option<Usage> {
     usage(&process.pid()?.to_string())
+}
+
+/// The cores a process used between two readings `wall` seconds apart.
+pub fn cores_between(before: Option<Usage>, after: Option<Usage>, wall: f64) -> Option<f64> {
+    Some((after?.cpu_seconds - before?.cpu_seconds) / wall)
 }
 
 fn clock_ticks_per_second() -> f64 {

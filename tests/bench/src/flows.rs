@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::deploy::{Deployment, services_cpu_seconds, usage_of};
+use crate::deploy::{Deployment, cores_between, services_cpu_seconds, usage_of};
 use crate::load::{self, Outcome, RunResult};
 use crate::stats::Samples;
 
@@ -341,9 +341,7 @@ pub async fn throughput(
                 .iter()
                 .map(|(email, _)| email.clone())
                 .collect();
-            let clients = (0..concurrency)
-                .map(|i| Http::new(&origin, Some(load::source(i))))
-                .collect::<Result<Vec<_>>>()?;
+            let clients = sourced_clients(concurrency, |_| origin.clone())?;
             load::run(concurrency, warm_up, duration, |i| {
                 let http = clients[i].clone();
                 let email = emails[i % emails.len()].clone();
@@ -355,28 +353,15 @@ pub async fn throughput(
             .await
         }
         Endpoint::Signup => {
-            let clients = (0..concurrency)
-                .map(|i| Http::new(&origin, Some(load::source(i))))
-                .collect::<Result<Vec<_>>>()?;
-            load::run(concurrency, warm_up, duration, |i| {
-                let http = clients[i].clone();
-                move || {
-                    let http = http.clone();
-                    async move {
-                        outcome(
-                            http.signup(&new_email()).await,
-                            StatusCode::ACCEPTED,
-                            "signup",
-                        )
-                    }
-                }
-            })
+            signup_load(
+                &sourced_clients(concurrency, |_| origin.clone())?,
+                warm_up,
+                duration,
+            )
             .await
         }
         Endpoint::Verify => {
-            let clients = (0..concurrency)
-                .map(|i| Http::new(&origin, Some(load::source(i))))
-                .collect::<Result<Vec<_>>>()?;
+            let clients = sourced_clients(concurrency, |_| origin.clone())?;
             let codes = fixtures.codes.clone();
             load::run(concurrency, warm_up, duration, |i| {
                 let http = clients[i].clone();
@@ -408,15 +393,41 @@ pub async fn throughput(
         }
     };
     let wall = started.elapsed().as_secs_f64();
-    let cores = |before: Option<crate::deploy::Usage>, after: Option<crate::deploy::Usage>| {
-        Some((after?.cpu_seconds - before?.cpu_seconds) / wall)
-    };
     Ok(Step {
         services_cores: (services_cpu_seconds() - services_before) / wall,
-        api_cores: cores(api_before, usage_of(deployment.api())),
-        dbproc_cores: cores(dbproc_before, deployment.dbproc.as_ref().and_then(usage_of)),
+        api_cores: cores_between(api_before, usage_of(deployment.api()), wall),
+        dbproc_cores: cores_between(
+            dbproc_before,
+            deployment.dbproc.as_ref().and_then(usage_of),
+            wall,
+        ),
         result,
     })
+}
+
+/// One client per worker, worker `i` connecting from its own loopback address to `origin(i)`.
+pub fn sourced_clients(count: usize, origin: impl Fn(usize) -> String) -> Result<Vec<Http>> {
+    (0..count)
+        .map(|i| Http::new(&origin(i), Some(load::source(i))))
+        .collect()
+}
+
+/// Each of `clients` signs up a new address after another, as fast as the API answers.
+pub async fn signup_load(clients: &[Http], warm_up: Duration, duration: Duration) -> RunResult {
+    load::run(clients.len(), warm_up, duration, |i| {
+        let http = clients[i].clone();
+        move || {
+            let http = http.clone();
+            async move {
+                outcome(
+                    http.signup(&new_email()).await,
+                    StatusCode::ACCEPTED,
+                    "signup",
+                )
+            }
+        }
+    })
+    .await
 }
 
 pub fn outcome(answer: Result<Answer, String>, expected: StatusCode, what: &str) -> Outcome {

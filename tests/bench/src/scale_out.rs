@@ -5,17 +5,17 @@
 use std::time::Duration;
 
 use broker_auth_e2e::metric_sum_in;
-use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::Result;
-use crate::deploy::{Deployment, Settings, usage_of};
-use crate::flows::{Http, new_email, outcome};
-use crate::load;
+use crate::deploy::{Deployment, Settings};
+use crate::flows::{signup_load, sourced_clients};
 use crate::report::{Table, num};
 
 /// Workers in every run, spread over the API processes.
 const CONCURRENCY: usize = 64;
+/// Unmeasured time at the start of each run.
+const WARM_UP: Duration = Duration::from_millis(500);
 const AWAITED: &str = "broker_auth_api_kafka_replies_read_total{awaited=\"true\"}";
 const NOT_AWAITED: &str = "broker_auth_api_kafka_replies_read_total{awaited=\"false\"}";
 
@@ -41,40 +41,15 @@ pub async fn table(settings: &Settings, processes: &[usize], step: Duration) -> 
         })
         .await?;
         let before = replies(&deployment).await?;
-        let cpu_before: f64 = deployment
-            .apis
-            .iter()
-            .filter_map(usage_of)
-            .map(|u| u.cpu_seconds)
-            .sum();
-        let clients = (0..CONCURRENCY)
-            .map(|i| Http::new(&deployment.apis[i % count].origin(), Some(load::source(i))))
-            .collect::<Result<Vec<_>>>()?;
-        let mut result = load::run(CONCURRENCY, Duration::from_millis(500), step, |i| {
-            let http = clients[i].clone();
-            move || {
-                let http = http.clone();
-                async move {
-                    outcome(
-                        http.signup(&new_email()).await,
-                        StatusCode::ACCEPTED,
-                        "signup",
-                    )
-                }
-            }
-        })
-        .await;
+        let cpu_before = deployment.apis_cpu_seconds();
+        let clients = sourced_clients(CONCURRENCY, |i| deployment.apis[i % count].origin())?;
+        let mut result = signup_load(&clients, WARM_UP, step).await;
         let after = replies(&deployment).await?;
-        let cpu_after: f64 = deployment
-            .apis
-            .iter()
-            .filter_map(usage_of)
-            .map(|u| u.cpu_seconds)
-            .sum();
+        let cpu_after = deployment.apis_cpu_seconds();
         let awaited = after.0 - before.0;
         let read = awaited + (after.1 - before.1);
         // CPU over the whole run, warm-up included, per signup answered in it.
-        let total_signups = result.ok as f64 * (1.0 + 0.5 / step.as_secs_f64());
+        let total_signups = result.ok as f64 * (1.0 + WARM_UP.as_secs_f64() / step.as_secs_f64());
         let cpu_per_signup = (cpu_after - cpu_before) * 1000.0 / total_signups.max(1.0);
         let base = *base_cpu.get_or_insert(cpu_per_signup);
         table.row(vec![

@@ -17,7 +17,7 @@ use broker_auth_testkit::process::Stop;
 use broker_auth_testkit::services;
 
 use crate::Result;
-use crate::deploy::{Deployment, Settings, Usage, services_cpu_seconds, usage_of};
+use crate::deploy::{Deployment, Settings, cores_between, services_cpu_seconds, usage_of};
 
 /// The API's default reply timeout (`KAFKA_REPLY_TIMEOUT_MS`).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,14 +213,14 @@ pub async fn idle_cost(settings: &Settings, over: Duration) -> Result<IdleCost> 
     let started = Instant::now();
     tokio::time::sleep(over).await;
     let wall = started.elapsed().as_secs_f64();
-    let cores = |before: Option<Usage>, after: Option<Usage>| {
-        before
-            .zip(after)
-            .map_or(f64::NAN, |(b, a)| (a.cpu_seconds - b.cpu_seconds) / wall)
-    };
     let cost = IdleCost {
-        api: cores(api_before, usage_of(deployment.api())),
-        dbproc: cores(dbproc_before, deployment.dbproc.as_ref().and_then(usage_of)),
+        api: cores_between(api_before, usage_of(deployment.api()), wall).unwrap_or(f64::NAN),
+        dbproc: cores_between(
+            dbproc_before,
+            deployment.dbproc.as_ref().and_then(usage_of),
+            wall,
+        )
+        .unwrap_or(f64::NAN),
         services: (services_cpu_seconds() - services_before) / wall,
     };
     deployment.stop().await;
@@ -284,7 +284,8 @@ pub async fn mail_drain(settings: &Settings, mails: usize) -> Result<MailDrain> 
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
     let done = loop {
-        let sent = deployment.env.smtp.messages().len();
+        // Counted, not copied: the capture runs in this process, beside the measurement.
+        let sent = deployment.env.smtp.message_count();
         let now = Instant::now();
         if sent > 0 && first.is_none() {
             first = Some(now);

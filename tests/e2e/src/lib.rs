@@ -422,6 +422,15 @@ pub fn extract_code(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Sets `flag` to `value` in a command line such as [`TestEnv::api_args`]: replaces the value after
+/// `flag`, or appends both (e.g. to give a real binary fixed ports instead of the harness's 0).
+pub fn set_arg(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|arg| arg == flag) {
+        Some(at) => args[at + 1] = value.to_owned(),
+        None => args.extend([flag.to_owned(), value.to_owned()]),
+    }
+}
+
 /// Polls `url` until it answers 200, failing the test after [`PATIENCE`].
 pub async fn wait_until_ok(url: &str) {
     let client = reqwest::Client::new();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker_auth_e2e::{Client, Mode, Options, PATIENCE, TestEnv};
+use broker_auth_e2e::{Client, Mode, Options, PATIENCE, TestEnv, set_arg};
 use broker_auth_testkit::process::{ManagedProcess, Stop, free_port};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -172,15 +172,6 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Replaces the value after `flag` in `args` (the harness sets port 0 for in-process runs).
-fn set_flag(args: &mut [String], flag: &str, value: &str) {
-    let at = args
-        .iter()
-        .position(|arg| arg == flag)
-        .unwrap_or_else(|| panic!("the harness sets {flag}"));
-    args[at + 1] = value.to_owned();
-}
-
 fn process(
     name: &str,
     program: PathBuf,
@@ -287,7 +278,7 @@ async fn signup_and_verify_are_each_one_trace_across_api_kafka_and_dbproc() {
 
     let dbproc_metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut args = env.dbproc_args();
-    set_flag(&mut args, "--metrics-listen", &dbproc_metrics.to_string());
+    set_arg(&mut args, "--metrics-listen", &dbproc_metrics.to_string());
     let mut dbproc = process("dbproc", binary("broker-auth-dbproc"), args, otlp);
     dbproc
         .start_listening(dbproc_metrics, PATIENCE)
@@ -297,7 +288,7 @@ async fn signup_and_verify_are_each_one_trace_across_api_kafka_and_dbproc() {
 
     let api_addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut args = env.api_args();
-    set_flag(&mut args, "--listen", &api_addr.to_string());
+    set_arg(&mut args, "--listen", &api_addr.to_string());
     let mut api = process("api", binary("broker-auth-api"), args, otlp);
     api.start_listening(api_addr, PATIENCE).await.unwrap();
     broker_auth_e2e::wait_until_ok(&format!("http://{api_addr}/readyz")).await;

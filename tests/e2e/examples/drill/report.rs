@@ -212,7 +212,7 @@ impl Table {
 /// Waits until every accepted signup has a mail, or the mail stops coming.
 async fn settle_mail(smtp: &SmtpCapture, signups: &HashMap<String, (u64, usize)>) {
     let deadline = Instant::now() + MAIL_SETTLE;
-    let mut last_count = smtp.messages().len();
+    let mut last_count = smtp.message_count();
     let mut last_change = Instant::now();
     while Instant::now() < deadline {
         let messages = smtp.messages();
