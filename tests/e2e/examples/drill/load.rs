@@ -29,6 +29,10 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 pub struct PhaseCounts {
     pub ok: u64,
     pub unavailable: u64,
+    /// Verifies answered 400 `invalid_code` because a newer code replaced theirs: a signup
+    /// answered 503 whose mail still went out, then the retried signup's code. Expected: the
+    /// newest code is the only one that works. Counted here once the newer code has arrived.
+    pub superseded: u64,
     /// Anything else, by description (status and error code, "hung", "connection failed").
     pub other: BTreeMap<String, u64>,
 }
@@ -80,6 +84,21 @@ impl Ledger {
 
     pub fn counts(&self) -> Vec<PhaseCounts> {
         lock(&self.counts).clone()
+    }
+
+    /// Moves one answer counted as `described` in `phase` to the superseded codes.
+    fn superseded(&self, phase: usize, described: &str) {
+        let mut counts = lock(&self.counts);
+        let Some(counts) = counts.get_mut(phase) else {
+            return;
+        };
+        if let Some(count) = counts.other.get_mut(described).filter(|c| **c > 0) {
+            *count -= 1;
+            if *count == 0 {
+                counts.other.remove(described);
+            }
+            counts.superseded += 1;
+        }
     }
 
     fn count(&self, phase: usize, outcome: &Outcome) {
@@ -134,6 +153,14 @@ impl Outcome {
     }
 }
 
+/// A request's final answer (after retrying 503s), and where the ledger counted it.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    phase: usize,
+    described: String,
+}
+
 /// One client with its own cookie jar against the API.
 pub struct Client {
     http: reqwest::Client,
@@ -174,6 +201,16 @@ impl Client {
 
     /// Sends one request and counts its outcome against the phase it was sent in.
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Outcome {
+        self.send_in_phase(method, path, body).await.1
+    }
+
+    /// [`Client::send`], also saying which phase the outcome was counted in.
+    async fn send_in_phase(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (usize, Outcome) {
         let phase = self.ledger.phase();
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
@@ -200,7 +237,7 @@ impl Client {
             Err(error) => Outcome::Failed(error.to_string()),
         };
         self.ledger.count(phase, &outcome);
-        outcome
+        (phase, outcome)
     }
 
     /// Sends until the answer is not a 503 (waiting Retry-After between tries), or `stop`.
@@ -211,9 +248,10 @@ impl Client {
         path: &str,
         body: Option<Value>,
         stop: &CancellationToken,
-    ) -> Option<(StatusCode, Value)> {
+    ) -> Option<Answer> {
         loop {
-            let outcome = self.send(method.clone(), path, body.clone()).await;
+            let (phase, outcome) = self.send_in_phase(method.clone(), path, body.clone()).await;
+            let described = outcome.describe();
             let wait = match outcome {
                 Outcome::Answered {
                     status,
@@ -222,7 +260,14 @@ impl Client {
                 } if status == StatusCode::SERVICE_UNAVAILABLE => {
                     retry_after.unwrap_or(Duration::from_secs(1))
                 }
-                Outcome::Answered { status, body, .. } => return Some((status, body)),
+                Outcome::Answered { status, body, .. } => {
+                    return Some(Answer {
+                        status,
+                        body,
+                        phase,
+                        described,
+                    });
+                }
                 Outcome::Hung | Outcome::Failed(_) => Duration::from_secs(1),
             };
             tokio::select! {
@@ -260,7 +305,7 @@ async fn walk(client: &Client, smtp: &SmtpCapture, ledger: &Ledger, stop: &Cance
     use reqwest::Method;
     let email = format!("drill-{}@example.com", Uuid::new_v4().simple());
     let signup = json!({ "email": email });
-    let Some((status, _)) = client
+    let Some(Answer { status, .. }) = client
         .until_answered(Method::POST, "/signup", Some(signup), stop)
         .await
     else {
@@ -275,19 +320,27 @@ async fn walk(client: &Client, smtp: &SmtpCapture, ledger: &Ledger, stop: &Cance
     });
     let mut used_codes = Vec::new();
     // A code mail may be followed by a newer one (a signup answered 503 whose mail went out
-    // anyway): verify with the newest code, and again if a newer one comes.
+    // anyway, then the retry's): verify with the newest code, and again if a newer one comes.
+    // A 400 on a code that a newer one then replaced is expected, not a fault's damage.
+    let mut refused: Option<Answer> = None;
     loop {
         let Some(code) = newest_code(smtp, &email, &used_codes, stop).await else {
             return;
         };
+        if let Some(refused) = refused.take() {
+            ledger.superseded(refused.phase, &refused.described);
+        }
         used_codes.push(code.clone());
         let verify = json!({ "email": email, "otp": code, "password": PASSWORD, "name": "Drill" });
-        let Some((status, body)) = client
+        let Some(answer) = client
             .until_answered(Method::POST, "/verify", Some(verify), stop)
             .await
         else {
             return;
         };
+        let Answer {
+            status, ref body, ..
+        } = answer;
         if status == StatusCode::CREATED {
             lock(&ledger.verified).push(Verified {
                 email: email.clone(),
@@ -296,9 +349,10 @@ async fn walk(client: &Client, smtp: &SmtpCapture, ledger: &Ledger, stop: &Cance
             });
             break;
         }
-        if status != StatusCode::BAD_REQUEST {
+        if status != StatusCode::BAD_REQUEST || body["error"]["code"] != "invalid_code" {
             return;
         }
+        refused = Some(answer);
     }
     for (method, path, body) in [
         (Method::GET, "/me", None),
@@ -310,7 +364,7 @@ async fn walk(client: &Client, smtp: &SmtpCapture, ledger: &Ledger, stop: &Cance
         (Method::GET, "/me", None),
     ] {
         match client.until_answered(method, path, body, stop).await {
-            Some((status, _)) if status.is_success() => {}
+            Some(answer) if answer.status.is_success() => {}
             _ => return,
         }
     }

@@ -234,6 +234,10 @@ async fn drill() -> Result<bool> {
     table.print();
     let met = table.targets_met();
     if !met {
+        eprintln!(
+            "drill: the processes' most frequent warnings and errors:\n{}",
+            system.log_summary()
+        );
         eprintln!("drill: logs kept in {}", system.keep_logs().display());
     }
     Ok(met)

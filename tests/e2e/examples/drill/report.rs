@@ -187,6 +187,19 @@ impl Table {
                 );
             }
         }
+        let superseded: Vec<String> = self
+            .phases
+            .iter()
+            .filter(|p| p.counts.superseded > 0)
+            .map(|p| format!("{} x{}", p.name, p.counts.superseded))
+            .collect();
+        if !superseded.is_empty() {
+            println!(
+                "\nverifies answered 400 invalid_code on a code a newer one then replaced (a signup \
+                 answered 503 whose mail still went out, then the retry's; expected): {}",
+                superseded.join(", ")
+            );
+        }
         if !others.is_empty() {
             println!("\nanswers other than 2xx and 503 with Retry-After:");
             for (what, count) in others {

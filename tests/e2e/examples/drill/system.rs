@@ -137,6 +137,10 @@ impl System {
             // limits (each walk and probe round has its own client address besides).
             .env("SIGNIN_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("VERIFY_RATE_LIMIT_PER_MINUTE", "1000000")
+            // A probe round signs 24 users in at once, on top of the load: with the default
+            // queue (four per core) the hasher would refuse some of them on a small machine,
+            // and a round with a refusal does not count as recovered.
+            .env("HASH_QUEUE_LENGTH", "256")
             .env("MAIL_SEAL_KEY", MAIL_SEAL_KEY)
             .env("RUST_LOG", child_log_filter());
         let mut system = Self {
@@ -184,6 +188,36 @@ impl System {
     }
 
     /// Keeps the log directory (printed) instead of deleting it with the system.
+    /// Per process log, its most frequent warnings and errors (ids and numbers masked), so a
+    /// failed drill says why even where the kept logs cannot be read (CI).
+    pub fn log_summary(&self) -> String {
+        let mut summary = String::new();
+        let Ok(entries) = std::fs::read_dir(self.logs.path()) else {
+            return summary;
+        };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let mut counts: std::collections::HashMap<String, usize> = Default::default();
+            for line in text.lines().map(strip_ansi) {
+                if line.contains(" WARN ") || line.contains(" ERROR ") {
+                    // Without the timestamp, and with ids and numbers masked, so repeats group.
+                    let message = line.split_once(' ').map_or(line.as_str(), |(_, m)| m);
+                    *counts.entry(mask_numbers(message.trim())).or_default() += 1;
+                }
+            }
+            let mut counts: Vec<_> = counts.into_iter().collect();
+            counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            for (message, count) in counts.into_iter().take(8) {
+                let message: String = message.chars().take(240).collect();
+                summary.push_str(&format!("{name}: x{count} {message}\n"));
+            }
+        }
+        summary
+    }
+
     pub fn keep_logs(self) -> PathBuf {
         let path = self.logs.path().to_owned();
         let copy = std::env::temp_dir().join(format!(
@@ -241,6 +275,49 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// The api's and dbproc's log filter: `DRILL_RUST_LOG`, else `info`. With
 /// `KAFKA_PROPERTIES=debug=cgrp` (inherited by both) and `DRILL_RUST_LOG=info,librdkafka=debug`,
 /// the logs kept after a missed target show librdkafka's consumer-group protocol.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: ESC [ parameters, up to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs of three or more digits or hex characters (ids, ports, durations) become `#`.
+fn mask_numbers(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let numeric = run.chars().any(|c| c.is_ascii_digit());
+        if run.len() >= 3 && numeric {
+            out.push('#');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 fn child_log_filter() -> String {
     std::env::var("DRILL_RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
