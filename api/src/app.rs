@@ -54,6 +54,8 @@ pub enum StartError {
 /// How long start-up waits for each dependency before giving up (and letting the orchestrator
 /// restart the process with backoff).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for Kafka to delete the instance's reply topic.
+const REPLY_TOPIC_DELETION: Duration = Duration::from_secs(5);
 
 /// A built API: bound to its port, connected to its dependencies, not yet serving.
 pub struct App {
@@ -63,6 +65,7 @@ pub struct App {
     metrics_router: Router,
     background: CancellationToken,
     snapshot: Option<Snapshot>,
+    reply_topic: Option<Arc<KafkaTransport>>,
 }
 
 /// Embedded mode's in-memory store and the file it is saved to at shutdown.
@@ -77,6 +80,8 @@ struct Backends {
     outbox: Arc<dyn MailOutbox>,
     secret: SecretString,
     snapshot: Option<Snapshot>,
+    /// Distributed mode: the transport whose reply topic is deleted at shutdown.
+    reply_topic: Option<Arc<KafkaTransport>>,
 }
 
 impl App {
@@ -136,6 +141,7 @@ impl App {
             metrics_router: crate::http::metrics_router(state),
             background,
             snapshot: backends.snapshot,
+            reply_topic: backends.reply_topic,
         };
         if config.is_embedded() {
             print_embedded_banner(&config, app.local_addr());
@@ -190,6 +196,21 @@ impl App {
         if let Err(error) = metrics.await {
             tracing::warn!(%error, "the metrics server task failed");
         }
+        if let Some(transport) = &self.reply_topic {
+            // Every request has been answered: nobody waits on this topic any more.
+            match tokio::time::timeout(REPLY_TOPIC_DELETION, transport.delete_reply_topic()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(topic = transport.reply_topic(), %error, "could not delete the reply topic; the operator deletes it later")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        topic = transport.reply_topic(),
+                        "deleting the reply topic took too long; the operator deletes it later"
+                    )
+                }
+            }
+        }
         if let Some(snapshot) = &self.snapshot {
             match snapshot.store.save(&snapshot.path) {
                 Ok(()) => tracing::info!(path = %snapshot.path.display(), "sessions saved"),
@@ -235,12 +256,14 @@ async fn distributed(
     settings.delivery_timeout = config.reply_timeout();
     let producer = settings.producer()?;
     tracing::info!(brokers, "connecting to Kafka");
+    let instance = config.instance_id()?;
     let transport = tokio::time::timeout(
         STARTUP_DEADLINE,
         KafkaTransport::start(
             &settings,
             producer.clone(),
             topics.clone(),
+            &instance,
             RpcTiming {
                 reply_timeout: config.reply_timeout(),
                 partition_check: Duration::from_millis(config.kafka_metadata_refresh_ms),
@@ -251,6 +274,7 @@ async fn distributed(
     .await
     .map_err(|_| StartError::Timeout("Kafka (KAFKA_BROKERS)"))??
     .with_metrics(metrics.clone());
+    let transport = Arc::new(transport);
     let seal = config
         .mail_seal_key
         .as_ref()
@@ -271,10 +295,11 @@ async fn distributed(
     );
     Ok(Backends {
         store: Arc::new(store),
-        directory: Directory::new(Arc::new(transport)),
+        directory: Directory::new(transport.clone()),
         outbox: Arc::new(outbox),
         secret,
         snapshot: None,
+        reply_topic: Some(transport),
     })
 }
 
@@ -330,6 +355,7 @@ async fn embedded(config: &Config, background: CancellationToken) -> Result<Back
         )),
         secret,
         snapshot,
+        reply_topic: None,
     })
 }
 

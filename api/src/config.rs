@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use broker_auth_contract::InstanceId;
 use clap::Parser;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
@@ -55,7 +56,14 @@ pub struct Config {
     #[arg(long, env = "KAFKA_REPLY_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub kafka_reply_timeout_ms: u64,
 
-    /// How often the reply reader looks for partitions added to the reply topics.
+    /// This process's id among the API instances, naming its own reply topic
+    /// (`{KAFKA_TOPIC_PREFIX}api-replies.{id}`): 1 to 63 of a-z, 0-9 and '-', unique per running
+    /// process. The operator gives each pod its name. Default: the host name and a random suffix.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// How often the reply reader checks its reply topic (created again if deleted, added
+    /// partitions followed).
     #[arg(long, env = "KAFKA_METADATA_REFRESH_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub kafka_metadata_refresh_ms: u64,
 
@@ -231,6 +239,8 @@ pub enum ConfigError {
         "REDIS_URL is set but KAFKA_BROKERS is not: refusing to start in embedded mode by accident (set KAFKA_BROKERS, or unset REDIS_URL to try embedded mode)"
     )]
     EmbeddedWithRedis,
+    #[error("INSTANCE_ID: {0}")]
+    InstanceId(broker_auth_contract::ContractError),
     #[error("KAFKA_TOPIC_PREFIX: {0}")]
     TopicPrefix(#[from] broker_auth_contract::ContractError),
     #[error(
@@ -280,9 +290,22 @@ impl Config {
         Duration::from_millis(self.kafka_reply_timeout_ms)
     }
 
+    /// This process's instance id: `INSTANCE_ID`, or the host name with a random suffix.
+    pub fn instance_id(&self) -> Result<InstanceId, ConfigError> {
+        match &self.instance_id {
+            Some(id) => InstanceId::parse(id).map_err(ConfigError::InstanceId),
+            None => {
+                let host = std::env::var("HOSTNAME").unwrap_or_default();
+                let suffix = format!("{:08x}", rand::random::<u32>());
+                InstanceId::sanitized(&host, &suffix).map_err(ConfigError::InstanceId)
+            }
+        }
+    }
+
     /// Checks what clap cannot: cross-setting requirements and secret lengths.
     pub fn validate(&self) -> Result<(), ConfigError> {
         broker_auth_contract::Topics::new(self.kafka_topic_prefix.clone())?;
+        self.instance_id()?;
         self.kafka_properties
             .pairs()
             .map_err(ConfigError::KafkaProperties)?;

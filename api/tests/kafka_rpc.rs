@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use broker_auth_api::directory::{DirectoryError, DirectoryTransport, KafkaTransport, RpcTiming};
-use broker_auth_contract::{RequestKind, Topics};
+use broker_auth_contract::{InstanceId, RequestKind, Topics};
 use broker_auth_kafka::KafkaSettings;
 use broker_auth_testkit::services;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ async fn transport(topics: &Topics, reply_timeout: Duration) -> KafkaTransport {
         &settings,
         settings.producer().unwrap(),
         topics.clone(),
+        &InstanceId::parse("rpc-test").unwrap(),
         RpcTiming {
             reply_timeout,
             partition_check: Duration::from_millis(100),
@@ -41,8 +42,12 @@ fn existence_check(email: &str) -> Vec<u8> {
 async fn a_request_with_no_reply_times_out_instead_of_hanging() {
     let topics = Topics::new(services::unique_prefix("rpc-timeout")).unwrap();
     let transport = transport(&topics, Duration::from_millis(500)).await;
-    // One partition per reply topic, all followed from the start.
-    assert_eq!(transport.reply_partitions(), 3);
+    // The instance's own reply topic, one partition.
+    assert_eq!(transport.reply_partitions(), 1);
+    assert_eq!(
+        transport.reply_topic(),
+        format!("{}api-replies.rpc-test", topics.prefix())
+    );
     let started = Instant::now();
     let result = transport
         .round_trip(

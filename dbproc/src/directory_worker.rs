@@ -142,7 +142,7 @@ impl DirectoryWorker {
             };
             Undeliverable::new(code, error)
         })?;
-        if !self.topics.reply_topics().contains(&reply_to) {
+        if !self.topics.is_reply_topic(&reply_to) {
             return Err(Undeliverable::new(
                 "invalid_reply_to",
                 format!("{reply_to:?} is not a reply topic of this deployment"),
@@ -200,8 +200,11 @@ impl DirectoryWorker {
                 .iter()
                 .map(|(name, value)| (*name, value.as_str())),
         );
-        self.outbox
-            .send(
+        // An instance's own reply topic goes with the instance: a reply to one that is gone has
+        // nobody to read it, and retrying it would hold up the partition for nothing.
+        let delivered = self
+            .outbox
+            .send_unless_topic_gone(
                 &request.reply_to,
                 message.key(),
                 &reply.encode(request.request_id),
@@ -210,6 +213,9 @@ impl DirectoryWorker {
             )
             .instrument(reply_span)
             .await?;
+        if !delivered {
+            self.metrics.replies_dropped.inc();
+        }
 
         // Invalid requests are answered (so the API does not wait for a timeout) and also kept
         // on the dead-letter topic, where someone can see what a client sent.

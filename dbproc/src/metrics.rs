@@ -57,6 +57,7 @@ pub struct Metrics {
     pub requests_handled: Family<RequestLabels, Counter>,
     pub request_duration: Family<KindLabels, Histogram>,
     pub store_retries: Counter,
+    pub replies_dropped: Counter,
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     pub mail_sent: Family<MailLabels, Counter>,
     pub mail_duplicates_skipped: Family<MailLabels, Counter>,
@@ -97,6 +98,12 @@ impl Default for Metrics {
             "directory_store_retries",
             "Requests retried because the database was unavailable",
             store_retries.clone(),
+        );
+        let replies_dropped = Counter::default();
+        registry.register(
+            "directory_replies_dropped",
+            "Replies dropped because their reply topic no longer exists (its API instance is gone)",
+            replies_dropped.clone(),
         );
         let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
         registry.register(
@@ -170,6 +177,7 @@ impl Default for Metrics {
             requests_handled,
             request_duration,
             store_retries,
+            replies_dropped,
             dead_lettered,
             mail_sent,
             mail_duplicates_skipped,

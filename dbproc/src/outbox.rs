@@ -7,6 +7,9 @@ use broker_auth_kafka::rdkafka::Message;
 use broker_auth_kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use broker_auth_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 
+use broker_auth_kafka::rdkafka::error::KafkaError;
+use broker_auth_kafka::rdkafka::types::RDKafkaErrorCode;
+
 use crate::backoff::Backoff;
 use crate::consumer::{Abandoned, HeldRecord};
 
@@ -34,6 +37,36 @@ impl Outbox {
         headers: OwnedHeaders,
         held: &mut HeldRecord<'_>,
     ) -> Result<(), Abandoned> {
+        self.send_unless(topic, key, payload, headers, held, |_| false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Outbox::send`], except that a record to a topic that does not exist is given up:
+    /// `Ok(false)`. For replies to an API instance's own topic, which goes with the instance.
+    pub async fn send_unless_topic_gone(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        held: &mut HeldRecord<'_>,
+    ) -> Result<bool, Abandoned> {
+        self.send_unless(topic, key, payload, headers, held, topic_is_gone)
+            .await
+    }
+
+    /// Sends until Kafka acknowledges (`Ok(true)`) or `give_up` says an error is final
+    /// (`Ok(false)`).
+    async fn send_unless(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        held: &mut HeldRecord<'_>,
+        give_up: fn(&KafkaError) -> bool,
+    ) -> Result<bool, Abandoned> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -47,7 +80,11 @@ impl Outbox {
                 .attempt(self.producer.send(record, QUEUE_TIMEOUT))
                 .await?
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
+                Err((error, _)) if give_up(&error) => {
+                    tracing::warn!(%topic, %error, "kafka has no such topic; the record is dropped");
+                    return Ok(false);
+                }
                 Err((error, _)) => {
                     tracing::warn!(%topic, %error, attempt, "kafka did not take a record; retrying");
                     held.wait(self.retry.delay(attempt)).await?;
@@ -89,4 +126,12 @@ impl Outbox {
         )
         .await
     }
+}
+
+/// Whether Kafka refused a record because its topic does not exist.
+fn topic_is_gone(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+    )
 }

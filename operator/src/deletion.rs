@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::kafka::LeftInKafka;
 use crate::metrics::InstanceLabels;
 use crate::reconcile::{Context, kafka_settings};
+use crate::reply_topics;
 use crate::resources::Tier;
 use crate::status::publish;
 
@@ -133,7 +134,10 @@ async fn delete_kafka_data(
         .delete_consumer_groups(&settings, &[topics.dbproc_group(), topics.mailer_group()])
         .await?;
     if left.is_empty() {
-        left = ctx.kafka.delete_topics(&settings, &topics.all()).await?;
+        // With the reply topics of api instances that never shut down cleanly.
+        let mut all = topics.all();
+        all.extend(reply_topics::instance_reply_topics(ba, topics, ctx).await?);
+        left = ctx.kafka.delete_topics(&settings, &all).await?;
     } else {
         left.extend(topics.all().into_iter().map(|topic| LeftInKafka {
             kind: "topic",

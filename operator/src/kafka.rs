@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use broker_auth_kafka::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::crd::UncommittedPartitionPolicy;
@@ -78,6 +78,9 @@ pub trait KafkaAdmin: Send + Sync + 'static {
         settings: &KafkaSettings,
         topics: &[String],
     ) -> Result<Vec<LeftInKafka>>;
+
+    /// The names of the cluster's topics that start with `prefix`.
+    async fn list_topics(&self, settings: &KafkaSettings, prefix: &str) -> Result<Vec<String>>;
 }
 
 /// How the broker answered a deletion.
@@ -311,9 +314,34 @@ impl KafkaAdmin for RdKafkaAdmin {
             Err(error) => whole_request_failed("topic", topics, error),
         }
     }
+
+    async fn list_topics(&self, settings: &KafkaSettings, prefix: &str) -> Result<Vec<String>> {
+        self.clients(settings)?
+            .topics_named(prefix, KAFKA_TIMEOUT)
+            .await
+    }
 }
 
 impl ClusterClients {
+    /// The names of the cluster's topics that start with `prefix`, from one metadata request.
+    pub async fn topics_named(&self, prefix: &str, timeout: Duration) -> Result<Vec<String>> {
+        let metadata = self.offsets.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let metadata = metadata
+                .fetch_metadata(None, timeout)
+                .map_err(broker_auth_kafka::Error::Metadata)?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .map(|topic| topic.name())
+                .filter(|name| name.starts_with(&prefix))
+                .map(str::to_owned)
+                .collect())
+        })
+        .await?
+    }
+
     /// The partition count of each topic; fails when one is missing.
     pub async fn partition_counts(
         &self,

@@ -15,6 +15,7 @@ pub mod lag;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod reply_topics;
 pub mod resources;
 pub mod status;
 pub mod tls;

@@ -22,6 +22,7 @@ use crate::deletion;
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaAdmin, TopicReport};
 use crate::metrics::{InstanceLabels, Metrics};
+use crate::reply_topics::{self, Orphans};
 use crate::resources::{self, MANAGER, MAX_NAME_LEN, Tier};
 use crate::status::{Observed, rolling_out, tier_status, update_status};
 
@@ -59,6 +60,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<BrokerAuth>, u32>>,
     /// The topics ensured per BrokerAuth: for which generation, when, and what was found.
     topics: Mutex<HashMap<ObjectRef<BrokerAuth>, EnsuredTopics>>,
+    /// Instance reply topics seen without their pod.
+    orphans: Mutex<Orphans>,
 }
 
 #[derive(Clone)]
@@ -91,7 +94,13 @@ impl Context {
             refresh,
             failures: Mutex::new(HashMap::new()),
             topics: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Orphans::default()),
         }
+    }
+
+    /// Runs `f` on the record of orphaned reply topics.
+    pub(crate) fn orphans<T>(&self, f: impl FnOnce(&mut Orphans) -> T) -> T {
+        f(&mut self.orphans.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The pause before retrying `ba` after one more failure: 5 s, doubling, at most 5 minutes.
@@ -118,6 +127,7 @@ impl Context {
         if let Ok(mut topics) = self.topics.lock() {
             topics.remove(&ObjectRef::from_obj(ba));
         }
+        self.orphans(|orphans| orphans.forget(ba));
     }
 }
 
@@ -312,7 +322,7 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
-    match ensure_topics(ba, &topics, ctx).await {
+    match ensure_topics(ba, namespace, &topics, ctx).await {
         Ok(report) => observed.topics = Some(report),
         Err(error) => {
             ctx.metrics.record_failure(error.metric_label());
@@ -429,7 +439,13 @@ async fn apply(ba: &BrokerAuth, namespace: &str, ctx: &Context) -> Result<Action
 
 /// Creates the BrokerAuth's topics when its spec changed, and checks them every
 /// [`TOPICS_RECHECK`]; in between the last report stands.
-async fn ensure_topics(ba: &BrokerAuth, topics: &Topics, ctx: &Context) -> Result<TopicReport> {
+/// Each check also deletes the reply topics of api pods that are gone ([`reply_topics::sweep`]).
+async fn ensure_topics(
+    ba: &BrokerAuth,
+    namespace: &str,
+    topics: &Topics,
+    ctx: &Context,
+) -> Result<TopicReport> {
     let key = ObjectRef::from_obj(ba);
     let now = tokio::time::Instant::now();
     let remembered = ctx
@@ -457,6 +473,11 @@ async fn ensure_topics(ba: &BrokerAuth, topics: &Topics, ctx: &Context) -> Resul
     report
         .under_partitioned
         .retain(|(topic, _)| request_topics.contains(topic));
+    // Housekeeping, not worth failing the reconcile for: the next check tries again.
+    if let Err(error) = reply_topics::sweep(ba, namespace, topics, ctx).await {
+        ctx.metrics.record_failure(error.metric_label());
+        warn!(%error, "could not delete the reply topics of api pods that are gone");
+    }
     if let Ok(mut ensured) = ctx.topics.lock() {
         ensured.insert(
             key,

@@ -204,6 +204,21 @@ fn common_labels(instance: &str) -> BTreeMap<&'static str, String> {
     ])
 }
 
+/// The label selector of `tier`'s pods of the BrokerAuth named `instance`, as a list request
+/// takes it (`key=value,...`).
+pub fn selector(instance: &str, tier: Tier) -> String {
+    selector_labels(instance, tier)
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn selector_labels(instance: &str, tier: Tier) -> Value {
     json!({
         "app.kubernetes.io/name": "broker-auth",
@@ -385,13 +400,14 @@ fn deployment(
             "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
         })
     }));
-    if matches!(tier, Tier::Dbproc) {
+    let pod_name = json!({"fieldRef": {"fieldPath": "metadata.name"}});
+    match tier {
         // Static group membership keyed by the pod: a restarted container takes its partitions
         // back without a rebalance.
-        env.push(json!({
-            "name": "KAFKA_GROUP_INSTANCE_ID",
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-        }));
+        Tier::Dbproc => env.push(json!({"name": "KAFKA_GROUP_INSTANCE_ID", "valueFrom": pod_name})),
+        // The pod's own reply topic is named after it: a restarted container reads the same
+        // one, and the operator deletes the topics of pods that are gone.
+        Tier::Api => env.push(json!({"name": "INSTANCE_ID", "valueFrom": pod_name})),
     }
     let (image, port_name, port, given_resources) = match tier {
         Tier::Api => (

@@ -4,14 +4,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{ReplyHeaders, RequestHeaders, RequestKind, Topics};
+use broker_auth_contract::{InstanceId, ReplyHeaders, RequestHeaders, RequestKind, Topics};
 use broker_auth_kafka::{KafkaSettings, raw_headers};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -24,7 +25,8 @@ use crate::metrics::Metrics;
 pub struct RpcTiming {
     /// How long a call waits for its reply before failing (the API answers 503).
     pub reply_timeout: Duration,
-    /// How often the reply reader looks for partitions added to the reply topics.
+    /// How often the reply reader checks its reply topic: re-created if it was deleted, added
+    /// partitions followed.
     pub partition_check: Duration,
 }
 
@@ -32,16 +34,24 @@ type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Vec<u8>>>>>;
 
 /// Request/reply over Kafka.
 ///
-/// Every API instance reads every partition of the reply topics by assignment (no consumer
-/// group, so no rebalances), starting from the end offsets it saw at start, and picks the
-/// replies whose `correlation-id` it is waiting for; the rest belong to other instances or
-/// arrived too late and are dropped.
+/// Every API instance has a reply topic of its own, `{prefix}api-replies.{instance}`, named in
+/// each request's `reply-to`: it reads only the replies to its own requests, however many
+/// instances run. It reads by assignment (no consumer group, so no rebalances), from the end
+/// offsets it saw at start, and picks the replies whose `correlation-id` it is waiting for; the
+/// rest arrived too late (or were meant for an earlier process with the same instance id) and are
+/// dropped. The topic is deleted at shutdown ([`KafkaTransport::delete_reply_topic`]); the
+/// operator deletes those of instances that died without shutting down.
 pub struct KafkaTransport {
-    /// Reply partitions the reader is assigned, over all reply topics.
+    /// Reply partitions the reader is assigned.
     reply_partitions: Arc<AtomicUsize>,
     producer: FutureProducer,
-    consumer: Arc<StreamConsumer>,
+    /// The reply reader and the topic keeper, which alone hold the reply consumer: once both
+    /// ended, the consumer is closed.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     topics: Topics,
+    /// This instance's reply topic, and the settings that create it (one partition).
+    reply_topic: String,
+    reply_topic_settings: KafkaSettings,
     pending: Pending,
     timeout: Duration,
     positioned: Arc<AtomicBool>,
@@ -67,13 +77,18 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::S
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Partitions of an instance's reply topic: one instance's replies fit one partition easily.
+const REPLY_TOPIC_PARTITIONS: i32 = 1;
+
 impl KafkaTransport {
-    /// Ensures the topics exist, positions the reply reader at the end of every reply partition
-    /// and starts it. The reader stops when `shutdown` is cancelled.
+    /// Ensures the deployment's topics and this instance's reply topic exist, positions the reply
+    /// reader at the end of the reply topic and starts it. The reader stops when `shutdown` is
+    /// cancelled.
     pub async fn start(
         settings: &KafkaSettings,
         producer: FutureProducer,
         topics: Topics,
+        instance: &InstanceId,
         timing: RpcTiming,
         shutdown: CancellationToken,
     ) -> Result<Self, broker_auth_kafka::Error> {
@@ -82,32 +97,35 @@ impl KafkaTransport {
             partition_check,
         } = timing;
         broker_auth_kafka::ensure_topics(settings, &topics.all()).await?;
-        let consumer = Arc::new(
-            settings.assigned_consumer(&format!("broker-auth-api-replies-{}", Uuid::new_v4()))?,
-        );
+        let reply_topic = topics.instance_replies(instance);
+        let mut reply_topic_settings = settings.clone();
+        reply_topic_settings.topic_partitions = REPLY_TOPIC_PARTITIONS;
+        broker_auth_kafka::ensure_topics(&reply_topic_settings, std::slice::from_ref(&reply_topic))
+            .await?;
+        let consumer =
+            Arc::new(settings.assigned_consumer(&format!("broker-auth-api-replies-{instance}"))?);
         let partitions = broker_auth_kafka::partition_counts(
             settings,
-            &topics.reply_topics(),
+            std::slice::from_ref(&reply_topic),
             Duration::from_secs(10),
         )
         .await?;
+        let count = partitions.first().map_or(0, |(_, count)| *count);
         // Explicit end offsets rather than Offset::End: a reply produced before librdkafka
         // resolved "end" would otherwise be skipped.
         let assignment = {
             let consumer = consumer.clone();
-            let partitions = partitions.clone();
+            let topic = reply_topic.clone();
             tokio::task::spawn_blocking(
                 move || -> Result<TopicPartitionList, broker_auth_kafka::Error> {
                     let mut list = TopicPartitionList::new();
-                    for (topic, count) in partitions {
-                        for partition in 0..count {
-                            let (_, high) = consumer.fetch_watermarks(
-                                &topic,
-                                partition,
-                                Duration::from_secs(10),
-                            )?;
-                            list.add_partition_offset(&topic, partition, Offset::Offset(high))?;
-                        }
+                    for partition in 0..count {
+                        let (_, high) = consumer.fetch_watermarks(
+                            &topic,
+                            partition,
+                            Duration::from_secs(10),
+                        )?;
+                        list.add_partition_offset(&topic, partition, Offset::Offset(high))?;
                     }
                     Ok(list)
                 },
@@ -115,12 +133,13 @@ impl KafkaTransport {
             .await??
         };
         consumer.assign(&assignment)?;
+        tracing::info!(topic = %reply_topic, partitions = count, "reading replies");
 
         let pending: Pending = Arc::default();
         let reply_partitions = Arc::new(AtomicUsize::new(assignment.count()));
         let positioned = Arc::new(AtomicBool::new(true));
         let metrics = Arc::new(OnceLock::new());
-        tokio::spawn(
+        let reader = tokio::spawn(
             read_replies(
                 consumer.clone(),
                 pending.clone(),
@@ -130,21 +149,24 @@ impl KafkaTransport {
             )
             .instrument(tracing::info_span!("reply_reader")),
         );
-        tokio::spawn(
-            PartitionFollower {
-                consumer: consumer.clone(),
-                settings: settings.clone(),
-                assigned: partitions.into_iter().collect(),
+        let keeper = tokio::spawn(
+            ReplyTopicKeeper {
+                consumer,
+                settings: reply_topic_settings.clone(),
+                topic: reply_topic.clone(),
+                assigned: count,
                 assigned_total: reply_partitions.clone(),
             }
             .run(partition_check, shutdown)
-            .instrument(tracing::info_span!("reply_partition_follower")),
+            .instrument(tracing::info_span!("reply_topic_keeper")),
         );
         Ok(Self {
             reply_partitions,
             producer,
-            consumer,
+            tasks: Mutex::new(vec![reader, keeper]),
             topics,
+            reply_topic,
+            reply_topic_settings,
             pending,
             timeout,
             positioned,
@@ -157,6 +179,27 @@ impl KafkaTransport {
         let _ = self.metrics.set(metrics);
         self
     }
+
+    /// The topic this instance reads its replies from.
+    pub fn reply_topic(&self) -> &str {
+        &self.reply_topic
+    }
+
+    /// Deletes this instance's reply topic: at shutdown, once no request waits for a reply and
+    /// the reader has stopped (the shutdown token of [`KafkaTransport::start`] is cancelled).
+    /// The reply consumer is closed first: a client that knows a topic deleted under it can
+    /// crash (librdkafka 2.x segfaults on tansu 0.6's metadata for a deleted topic).
+    pub async fn delete_reply_topic(&self) -> Result<(), broker_auth_kafka::Error> {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.await?;
+        }
+        broker_auth_kafka::delete_topics(
+            &self.reply_topic_settings,
+            std::slice::from_ref(&self.reply_topic),
+        )
+        .await
+    }
 }
 
 /// Clears the transport's readiness when the reply reader ends, however it ends (a panic too).
@@ -168,77 +211,94 @@ impl Drop for PositionedGuard {
     }
 }
 
-/// Watches the reply topics for added partitions, beside the reader so a slow metadata call
-/// never delays replies.
-struct PartitionFollower {
+/// Looks after the reply topic beside the reader, so a slow metadata call never delays replies:
+/// creates it again if it was deleted (the operator deletes the topics of instances it thinks
+/// are gone; someone may by hand), and follows partitions added to it.
+struct ReplyTopicKeeper {
     consumer: Arc<StreamConsumer>,
+    /// With the reply topic's partition count, to create it again.
     settings: KafkaSettings,
-    /// Partitions assigned per reply topic.
-    assigned: HashMap<String, i32>,
+    topic: String,
+    /// Partitions assigned.
+    assigned: i32,
     /// Shared count of assigned partitions, for [`KafkaTransport::reply_partitions`].
     assigned_total: Arc<AtomicUsize>,
 }
 
-impl PartitionFollower {
+impl ReplyTopicKeeper {
     async fn run(mut self, every: Duration, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.tick().await;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticks.tick() => self.follow_new_partitions().await,
+                _ = ticks.tick() => self.check().await,
             }
         }
     }
 
-    /// Assigns partitions added since the last look, from their beginning: a new partition
-    /// holds only replies produced after it was created.
-    async fn follow_new_partitions(&mut self) {
-        let topics: Vec<String> = self.assigned.keys().cloned().collect();
-        let counts = match broker_auth_kafka::partition_counts(
-            &self.settings,
-            &topics,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok(counts) => counts,
-            Err(error) => {
-                tracing::debug!(%error, "could not refresh reply-topic partitions");
+    async fn check(&mut self) {
+        let topics = std::slice::from_ref(&self.topic);
+        // Asked to create it, the broker says whether it was gone (tansu's metadata may go on
+        // describing a deleted topic, so metadata cannot tell).
+        match broker_auth_kafka::create_missing_topics(&self.settings, topics).await {
+            Ok(created) if !created.is_empty() => {
+                tracing::warn!(topic = %self.topic, "the reply topic was gone; created it again");
+                // Everything in the new topic is for this instance: read it from the start.
+                self.assign_from_start(0..self.settings.topic_partitions, true);
                 return;
             }
-        };
-        let mut added = TopicPartitionList::new();
-        for (topic, count) in counts {
-            let known = self.assigned.get(&topic).copied().unwrap_or(0);
-            for partition in known..count {
-                if let Err(error) = added.add_partition_offset(&topic, partition, Offset::Beginning)
-                {
-                    tracing::warn!(%error, "could not add a reply partition");
-                    return;
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "could not check the reply topic");
+                return;
+            }
+        }
+        match broker_auth_kafka::partition_counts(&self.settings, topics, Duration::from_secs(5))
+            .await
+        {
+            Ok(counts) => {
+                let count = counts.first().map_or(0, |(_, count)| *count);
+                if count > self.assigned {
+                    tracing::info!(topic = %self.topic, from = self.assigned, to = count, "following new reply partitions");
+                    self.assign_from_start(self.assigned..count, false);
                 }
             }
-            if count > known {
-                tracing::info!(%topic, from = known, to = count, "following new reply partitions");
+            Err(error) => tracing::debug!(%error, "could not count the reply topic's partitions"),
+        }
+    }
+
+    /// Assigns `partitions` from their beginning: a new partition (or a re-created topic) holds
+    /// only replies produced after it was created. `replace` drops the old assignment.
+    fn assign_from_start(&mut self, partitions: std::ops::Range<i32>, replace: bool) {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions.clone() {
+            if let Err(error) = list.add_partition_offset(&self.topic, partition, Offset::Beginning)
+            {
+                tracing::warn!(%error, "could not add a reply partition");
+                return;
             }
-            self.assigned.insert(topic, count.max(known));
         }
-        if added.count() == 0 {
-            return;
-        }
-        match self.consumer.incremental_assign(&added) {
+        let assigned = if replace {
+            self.consumer.assign(&list)
+        } else {
+            self.consumer.incremental_assign(&list)
+        };
+        match assigned {
             Ok(()) => {
-                let total: i32 = self.assigned.values().sum();
-                self.assigned_total
-                    .store(usize::try_from(total).unwrap_or(0), Ordering::Release);
+                self.assigned = partitions.end;
+                self.assigned_total.store(
+                    usize::try_from(self.assigned).unwrap_or(0),
+                    Ordering::Release,
+                );
             }
-            Err(error) => tracing::warn!(%error, "could not assign new reply partitions"),
+            Err(error) => tracing::warn!(%error, "could not assign reply partitions"),
         }
     }
 }
 
 impl KafkaTransport {
-    /// How many reply partitions the reader follows (all partitions of all reply topics).
+    /// How many reply partitions the reader follows (those of this instance's reply topic).
     pub fn reply_partitions(&self) -> usize {
         self.reply_partitions.load(Ordering::Acquire)
     }
@@ -326,7 +386,14 @@ impl DirectoryTransport for KafkaTransport {
         if !self.positioned.load(Ordering::Acquire) {
             return Err("the reply reader is not running".into());
         }
-        if !broker_auth_kafka::is_reachable(self.consumer.clone(), Duration::from_secs(2)).await {
+        let producer = self.producer.clone();
+        let reachable = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok()
+        });
+        if !reachable.await.unwrap_or(false) {
             return Err("kafka is not reachable".into());
         }
         Ok(())
@@ -350,10 +417,9 @@ impl KafkaTransport {
         };
 
         let request_topic = self.topics.request(kind);
-        let reply_topic = self.topics.reply(kind);
         let request_headers = RequestHeaders {
             correlation_id,
-            reply_to: reply_topic,
+            reply_to: self.reply_topic.clone(),
             traceparent: broker_auth_telemetry::traceparent(&tracing::Span::current()),
         }
         .encode();

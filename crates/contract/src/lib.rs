@@ -17,7 +17,7 @@ pub use record_headers::{RawHeader, ReplyHeaders, RequestHeaders};
 pub use sealed::{
     MIN_SEAL_SECRET_BYTES, MailSealKey, SealError, SealedMailRequest, SealedMailTemplate,
 };
-pub use topics::{RequestKind, TopicClass, Topics};
+pub use topics::{InstanceId, MAX_INSTANCE_ID_LEN, RequestKind, TopicClass, Topics};
 
 /// The version every message body carries. A consumer rejects (dead-letters) other versions.
 pub const WIRE_VERSION: u16 = 1;
@@ -48,6 +48,8 @@ pub enum ContractError {
         prefix: String,
         reason: &'static str,
     },
+    #[error("invalid instance id {id:?}: {reason}")]
+    InvalidInstanceId { id: String, reason: &'static str },
     #[error("missing header {0}")]
     MissingHeader(&'static str),
     #[error("header {name} is not valid: {reason}")]

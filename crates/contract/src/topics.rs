@@ -63,7 +63,9 @@ impl TopicClass {
         let is = |base: &str| topic.ends_with(base);
         if RequestKind::ALL.iter().any(|k| is(k.request_topic_base())) {
             Some(Self::Request)
-        } else if RequestKind::ALL.iter().any(|k| is(k.reply_topic_base())) {
+        } else if RequestKind::ALL.iter().any(|k| is(k.reply_topic_base()))
+            || instance_of_reply_topic(topic).is_some()
+        {
             Some(Self::Reply)
         } else if is(MAIL_TOPIC) {
             Some(Self::Mail)
@@ -76,6 +78,81 @@ impl TopicClass {
 }
 
 const MAIL_TOPIC: &str = "mail-outbox";
+/// Before an API instance's id in the name of its own reply topic.
+const INSTANCE_REPLIES: &str = "api-replies.";
+/// The longest instance id: a Kubernetes pod name is at most 63 characters.
+pub const MAX_INSTANCE_ID_LEN: usize = 63;
+
+/// The id of an API instance, which names its reply topic: 1 to 63 of `a-z`, `0-9` and `-`,
+/// starting and ending with a letter or digit (a Kubernetes pod name, which is what the operator
+/// gives each instance, fits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn parse(id: &str) -> Result<Self, ContractError> {
+        let invalid = |reason| ContractError::InvalidInstanceId {
+            id: id.to_owned(),
+            reason,
+        };
+        if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
+            return Err(invalid("must be 1 to 63 characters long"));
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                "only lowercase ASCII letters, digits and '-' are allowed",
+            ));
+        }
+        if id.starts_with('-') || id.ends_with('-') {
+            return Err(invalid("must start and end with a letter or digit"));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// An id made from any text (a host name, say): lowercased, every other character `-`,
+    /// cut to leave room for `suffix`, then `-{suffix}`. `suffix` must itself be a valid id.
+    pub fn sanitized(text: &str, suffix: &str) -> Result<Self, ContractError> {
+        let room = MAX_INSTANCE_ID_LEN.saturating_sub(suffix.len() + 1);
+        let base: String = text
+            .chars()
+            .map(|c| {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(room)
+            .collect();
+        let base = base.trim_matches('-');
+        if base.is_empty() {
+            Self::parse(suffix)
+        } else {
+            Self::parse(&format!("{base}-{suffix}"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The instance whose own reply topic `topic` is, of any deployment: the id after the last
+/// `api-replies.`, if valid.
+fn instance_of_reply_topic(topic: &str) -> Option<InstanceId> {
+    let (_, id) = topic.rsplit_once(INSTANCE_REPLIES)?;
+    InstanceId::parse(id).ok()
+}
 const DEAD_LETTER_TOPIC: &str = "dead-letter";
 const DBPROC_GROUP: &str = "broker-auth-dbproc";
 const MAILER_GROUP: &str = "broker-auth-mailer";
@@ -129,6 +206,29 @@ impl Topics {
 
     pub fn reply(&self, kind: RequestKind) -> String {
         format!("{}{}", self.prefix, kind.reply_topic_base())
+    }
+
+    /// The reply topic of one API instance: only that instance reads it, so it reads only the
+    /// replies to its own requests however many instances run.
+    pub fn instance_replies(&self, instance: &InstanceId) -> String {
+        format!("{}{INSTANCE_REPLIES}{instance}", self.prefix)
+    }
+
+    /// What every instance reply topic of this deployment starts with.
+    pub fn instance_replies_prefix(&self) -> String {
+        format!("{}{INSTANCE_REPLIES}", self.prefix)
+    }
+
+    /// The instance whose reply topic `topic` is, if it is one of this deployment's.
+    pub fn instance_of(&self, topic: &str) -> Option<InstanceId> {
+        let id = topic.strip_prefix(&self.instance_replies_prefix())?;
+        InstanceId::parse(id).ok()
+    }
+
+    /// Whether dbproc may answer to `topic`: one of this deployment's reply topics, shared (as
+    /// API versions before instance reply topics asked) or an instance's own.
+    pub fn is_reply_topic(&self, topic: &str) -> bool {
+        self.instance_of(topic).is_some() || self.reply_topics().iter().any(|t| t == topic)
     }
 
     /// The request kind whose request topic is `topic`, if any.
@@ -228,6 +328,43 @@ mod tests {
         );
         assert!(topics.all().iter().all(|t| TopicClass::of(t).is_some()));
         assert_eq!(TopicClass::of("someone-elses-topic"), None);
+    }
+
+    #[test]
+    fn each_instance_has_its_own_reply_topic_within_the_deployment() {
+        let topics = Topics::for_deployment("prod", "auth").unwrap();
+        let other = Topics::for_deployment("staging", "auth").unwrap();
+        let pod = InstanceId::parse("auth-api-5d8f9c7b6-x2x9k").unwrap();
+        let topic = topics.instance_replies(&pod);
+        assert_eq!(topic, "prod.auth.api-replies.auth-api-5d8f9c7b6-x2x9k");
+        assert_eq!(topics.instance_of(&topic), Some(pod.clone()));
+        assert!(topics.is_reply_topic(&topic));
+        assert!(topics.is_reply_topic(&topics.reply(RequestKind::Authentication)));
+        assert!(!other.is_reply_topic(&topic));
+        assert!(!topics.is_reply_topic(&topics.request(RequestKind::Authentication)));
+        assert!(!topics.is_reply_topic("prod.auth.api-replies."));
+        assert!(!topics.is_reply_topic("prod.auth.api-replies.UPPER"));
+        assert!(!topics.is_reply_topic(&topics.dead_letter()));
+        assert_eq!(TopicClass::of(&topic), Some(TopicClass::Reply));
+        assert!(!topics.all().contains(&topic));
+    }
+
+    #[test]
+    fn instance_ids_are_pod_names_and_anything_else_is_refused() {
+        for good in ["a", "auth-api-5d8f9c7b6-x2x9k", &"x".repeat(63)] {
+            assert!(InstanceId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", "a/b", &"x".repeat(64)] {
+            assert!(InstanceId::parse(bad).is_err(), "{bad}");
+        }
+        let laptop = InstanceId::sanitized("My.Laptop_local", "1a2b3c4d").unwrap();
+        assert_eq!(laptop.as_str(), "my-laptop-local-1a2b3c4d");
+        let long = InstanceId::sanitized(&"h".repeat(100), "1a2b3c4d").unwrap();
+        assert_eq!(long.as_str().len(), MAX_INSTANCE_ID_LEN);
+        assert_eq!(
+            InstanceId::sanitized("...", "1a2b3c4d").unwrap().as_str(),
+            "1a2b3c4d"
+        );
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub enum Error {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("could not delete topic {topic}: {code}")]
+    DeleteTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("kafka metadata request failed: {0}")]
     Metadata(KafkaError),
     #[error("topic {0} does not exist")]
@@ -328,6 +333,16 @@ impl KafkaSettings {
 /// Creates the topics that do not exist yet with the settings' partitions, replication and
 /// retention ([`TopicRetention::topic_configs`]). Topics that already exist are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> Result<()> {
+    create_missing_topics(settings, topics).await.map(|_| ())
+}
+
+/// [`ensure_topics`], saying which topics it created. Asking the broker to create a topic is
+/// also the one reliable way to learn whether it exists: tansu 0.6 goes on describing a deleted
+/// topic in metadata.
+pub async fn create_missing_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+) -> Result<Vec<String>> {
     let admin = settings.admin()?;
     let configs: Vec<[(&'static str, String); 3]> = topics
         .iter()
@@ -349,11 +364,30 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> Resul
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics(&new_topics, &options).await?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(%topic, "created kafka topic"),
+            Ok(topic) => {
+                tracing::info!(%topic, "created kafka topic");
+                created.push(topic);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
+        }
+    }
+    Ok(created)
+}
+
+/// Deletes topics; one that does not exist counts as deleted.
+pub async fn delete_topics(settings: &KafkaSettings, topics: &[String]) -> Result<()> {
+    let admin = settings.admin()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&names, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "deleted kafka topic"),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(Error::DeleteTopic { topic, code }),
         }
     }
     Ok(())
@@ -382,9 +416,16 @@ pub fn partition_counts_blocking<C: Consumer>(
     topics
         .iter()
         .map(|topic| {
-            let metadata = client
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(Error::Metadata)?;
+            let metadata =
+                client
+                    .fetch_metadata(Some(topic), timeout)
+                    .map_err(|error| match error.rdkafka_error_code() {
+                        Some(
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic,
+                        ) => Error::MissingTopic(topic.clone()),
+                        _ => Error::Metadata(error),
+                    })?;
             let count = metadata
                 .topics()
                 .iter()

@@ -158,16 +158,22 @@ impl ManagedProcess {
 
     /// Stops the process and waits until it has exited.
     pub async fn stop(&mut self, how: Stop) -> io::Result<()> {
+        self.stop_status(how).await.map(|_| ())
+    }
+
+    /// [`ManagedProcess::stop`], returning how the process exited: `None` when it was not
+    /// running, or had to be killed after SIGTERM's grace period (or was killed by `Stop::Kill`).
+    pub async fn stop_status(&mut self, how: Stop) -> io::Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.child.take() else {
-            return Ok(());
+            return Ok(None);
         };
         if let (Stop::Term, Some(pid)) = (how, child.id()) {
             signal(pid, "TERM").await?;
-            if tokio::time::timeout(GRACE, child.wait()).await.is_ok() {
-                return Ok(());
+            if let Ok(status) = tokio::time::timeout(GRACE, child.wait()).await {
+                return status.map(Some);
             }
         }
-        child.kill().await
+        child.kill().await.map(|()| None)
     }
 
     /// The end of the process's log, for error messages.

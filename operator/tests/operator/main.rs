@@ -17,5 +17,6 @@ mod manifests;
 mod metrics_catalogue;
 mod over_time;
 mod reconcile;
+mod reply_topics;
 mod settings;
 mod support;

@@ -118,6 +118,10 @@ impl KafkaAdmin for BusyKafka {
             .push(format!("delete topics {}", topics.join(",")));
         Ok(Vec::new())
     }
+
+    async fn list_topics(&self, _: &KafkaSettings, _: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The example BrokerAuth and its Secrets, stored as a user would apply them.

@@ -112,6 +112,17 @@ impl KafkaAdmin for FakeKafka {
             .push(format!("delete topics {}", topics.join(",")));
         Ok(Vec::new())
     }
+
+    async fn list_topics(&self, _: &KafkaSettings, prefix: &str) -> Result<Vec<String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("list topics {prefix}"));
+        // The reply topic of the api pod that runs, and of one that is gone.
+        Ok(["auth-api-5d8f9c7b6-live1", "auth-api-5d8f9c7b6-gone1"]
+            .map(|pod| format!("{prefix}{pod}"))
+            .to_vec())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +212,13 @@ impl ApiServer {
             }
             "DELETE" => not_found(),
             "POST" if path.contains("/events") => json_response(StatusCode::CREATED, body),
+            // One api pod runs.
+            "GET" if path.ends_with("/pods") => json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
+                        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                   "metadata": {"name": "auth-api-5d8f9c7b6-live1", "namespace": "default"}}]}),
+            ),
             _ => panic!("unexpected request {method} {path}"),
         }
     }
@@ -324,6 +342,9 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
         calls,
         vec![
             "ensure default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request,default.auth.user-existence-response,default.auth.user-creation-response,default.auth.user-authentication-response,default.auth.mail-outbox,default.auth.dead-letter partitions=12 min=6 on kafka.default.svc:9092".to_owned(),
+            // The api pods' reply topics are listed; the one whose pod is gone is only noted
+            // (deleted at a later check, once it has been gone for the grace period).
+            "list topics default.auth.api-replies.".to_owned(),
             "lag default.auth.broker-auth-dbproc over default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request".to_owned(),
         ]
     );
@@ -641,12 +662,19 @@ async fn once_its_pods_are_gone_a_deleted_brokerauth_drops_its_groups_and_topics
         8,
         "requests, replies, mail and dead letters"
     );
+    // The instance reply topics go too, whether their pods shut down cleanly or not.
+    let mut all = topics.all();
+    all.extend([
+        "default.auth.api-replies.auth-api-5d8f9c7b6-live1".to_owned(),
+        "default.auth.api-replies.auth-api-5d8f9c7b6-gone1".to_owned(),
+    ]);
     assert_eq!(
         calls,
         [
             "delete groups default.auth.broker-auth-dbproc,default.auth.broker-auth-mailer"
                 .to_owned(),
-            format!("delete topics {}", topics.all().join(",")),
+            "list topics default.auth.api-replies.".to_owned(),
+            format!("delete topics {}", all.join(",")),
         ]
     );
     // The other children go by garbage collection (owner references) once the finalizer is removed.

@@ -1,6 +1,7 @@
 //! Scaling out: 1, 2, 4, 8 API processes on one broker, under the same total signup load. Each
-//! signup is a directory round trip, so each needs one reply; today every API instance reads
-//! every reply partition, so each reply is read by every instance.
+//! signup is a directory round trip, so each needs one reply; every API instance reads only its
+//! own reply topic, so replies read per reply needed stays at 1 whatever the instance count (it
+//! grew with it while every instance read every reply partition).
 
 use std::time::Duration;
 
