@@ -42,6 +42,12 @@ use crate::mail_worker::MailWorker;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
+/// How long the producer waits for a topic it does not know to appear before failing its
+/// records (librdkafka's `topic.metadata.propagation.max.ms`, 30 s by default). Replies go to
+/// each API instance's own topic, which exists before the instance sends a request; one that
+/// is missing went with its instance, and waiting 30 s for it would hold up the partition.
+const UNKNOWN_TOPIC_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("user database: {0}")]
@@ -164,7 +170,13 @@ impl App {
         )
         .map_err(broker_auth_kafka::Error::from)?;
         let mail_consumer = subscribed(mail_consumer, &[topics.mail()])?;
-        let outbox = Outbox::new(kafka.producer()?, directory_worker::store_retry());
+        let outbox = Outbox::new(
+            kafka.producer_with(&[(
+                "topic.metadata.propagation.max.ms",
+                &UNKNOWN_TOPIC_AFTER.as_millis().to_string(),
+            )])?,
+            directory_worker::store_retry(),
+        );
 
         let listener = TcpListener::bind(config.metrics_listen)
             .await

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use broker_auth_contract::{RequestKind, headers};
+use broker_auth_contract::{InstanceId, RequestKind, Topics, headers};
 use serde_json::json;
 use support::{HASH, Harness, MailSettings, metric_value};
 use uuid::Uuid;
@@ -683,4 +683,62 @@ async fn a_mail_waiting_between_attempts_at_shutdown_is_sent_after_the_restart()
         .await
         .expect("the mail abandoned at shutdown arrives after the restart");
     assert!(mail.text().contains("161803"), "{}", mail.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_to_the_asking_instances_topic_and_one_whose_topic_is_gone_is_dropped() {
+    let harness = Harness::start("instance-replies").await;
+    let instance = |id: &str| InstanceId::parse(id).unwrap();
+    let own = harness.topics.instance_replies(&instance("api-7c9d-live1"));
+    broker_auth_kafka::ensure_topics(&harness.kafka, std::slice::from_ref(&own))
+        .await
+        .unwrap();
+    let mut replies = harness.reader(std::slice::from_ref(&own));
+    let mut dead_letters = harness.dead_letter_reader();
+    let kind = RequestKind::ExistenceCheck;
+    // One key, so one partition: each request queues behind the one before it.
+    let body = json!({"email": "queued@example.com"});
+
+    // An instance that is gone (its topic deleted at its shutdown, or never made) asked first.
+    let gone = harness.topics.instance_replies(&instance("api-7c9d-gone1"));
+    let lost = harness
+        .request_replying_to(kind, Uuid::new_v4(), body.clone(), &gone)
+        .await;
+    // Another deployment's instance topic is not for this dbproc to write to.
+    let foreign = Topics::new("someone-else.")
+        .unwrap()
+        .instance_replies(&instance("api-7c9d-live1"));
+    let refused = harness
+        .request_replying_to(kind, Uuid::new_v4(), body.clone(), &foreign)
+        .await;
+    let answered = harness
+        .request_replying_to(kind, Uuid::new_v4(), body, &own)
+        .await;
+
+    let reply = replies.reply(&answered).await;
+    assert_eq!(reply.topic, own);
+    assert_eq!(reply.json()["result"]["exists"], false);
+    dead_letters
+        .wait_for(
+            "the foreign reply-to dead-lettered",
+            Duration::from_secs(20),
+            |r| {
+                r.header(headers::CORRELATION_ID) == Some(refused.as_str())
+                    && r.header(headers::DEAD_LETTER_REASON)
+                        .is_some_and(|reason| reason.starts_with("invalid_reply_to"))
+            },
+        )
+        .await;
+    assert!(
+        replies
+            .seen()
+            .iter()
+            .all(|r| r.header(headers::CORRELATION_ID) != Some(lost.as_str()))
+    );
+    assert_eq!(
+        harness
+            .metric("dbproc_directory_replies_dropped_total")
+            .await,
+        1.0
+    );
 }

@@ -270,11 +270,20 @@ impl KafkaSettings {
 
     /// A producer tuned for the latency-critical request/reply path.
     pub fn producer(&self) -> Result<FutureProducer> {
+        self.producer_with(&[])
+    }
+
+    /// [`KafkaSettings::producer`] with more properties of the caller's (the extra properties
+    /// still win).
+    pub fn producer_with(&self, properties: &[(&str, &str)]) -> Result<FutureProducer> {
         let mut config = self.base_config();
         config.set("linger.ms", "0").set("acks", "all").set(
             "message.timeout.ms",
             self.delivery_timeout.as_millis().max(1).to_string(),
         );
+        for (key, value) in properties {
+            config.set(*key, *value);
+        }
         self.apply_extra(&mut config);
         Ok(config.create()?)
     }

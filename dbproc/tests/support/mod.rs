@@ -403,17 +403,28 @@ impl Harness {
 
     /// Sends a well-formed directory request; returns its correlation id.
     pub async fn request(&self, kind: RequestKind, request_id: Uuid, body: Value) -> String {
+        self.request_replying_to(kind, request_id, body, &self.topics.reply(kind))
+            .await
+    }
+
+    /// [`Harness::request`] with the reply asked on `reply_to`.
+    pub async fn request_replying_to(
+        &self,
+        kind: RequestKind,
+        request_id: Uuid,
+        body: Value,
+        reply_to: &str,
+    ) -> String {
         let correlation_id = Uuid::new_v4().to_string();
         let email = body["email"].as_str().unwrap_or_default().to_owned();
         let payload = serde_json::to_vec(&Envelope::new(request_id, body)).unwrap();
-        let reply_to = self.topics.reply(kind);
         self.produce(
             &self.topics.request(kind),
             &email,
             &payload,
             &[
                 (headers::CORRELATION_ID, &correlation_id),
-                (headers::REPLY_TO, &reply_to),
+                (headers::REPLY_TO, reply_to),
                 (
                     headers::TRACEPARENT,
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
