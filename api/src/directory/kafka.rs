@@ -49,7 +49,7 @@ pub struct KafkaTransport {
     /// ended, the consumer is closed.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     topics: Topics,
-    /// This instance's reply topic, and the settings that create it (one partition).
+    /// This instance's reply topic, and the settings that create it ([`REPLY_TOPIC_PARTITIONS`]).
     reply_topic: String,
     reply_topic_settings: KafkaSettings,
     pending: Pending,
@@ -77,8 +77,12 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::S
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Partitions of an instance's reply topic: one instance's replies fit one partition easily.
-const REPLY_TOPIC_PARTITIONS: i32 = 1;
+/// Partitions of an instance's reply topic. One instance's replies fit one partition easily on
+/// Apache Kafka, but tansu 0.6 spends more per record the longer a partition gets: with one
+/// partition, `scripts/bench`'s distributed signups fell from 608/s on a fresh topic to 262/s
+/// after the latency and throughput runs had filled it; three partitions (the replies keyed by
+/// email, as before) kept 544/s.
+const REPLY_TOPIC_PARTITIONS: i32 = 3;
 
 impl KafkaTransport {
     /// Ensures the deployment's topics and this instance's reply topic exist, positions the reply
