@@ -261,6 +261,8 @@ fn settings(spec: &BrokerAuthSpec, topics: &Topics) -> BTreeMap<&'static str, St
         ("COOKIE_SECURE", spec.api.cookie_secure.to_string()),
         ("BCRYPT_COST", spec.api.bcrypt_cost.to_string()),
         ("RUST_LOG", spec.observability.log_level.clone()),
+        // JSON lines, each with the trace_id and span_id of its span: what log collectors parse.
+        ("LOG_FORMAT", "json".to_owned()),
         // Never empty here: reconcile stalls a spec without one before building any child.
         ("MAIL_FROM", spec.dbproc.mail_from.clone()),
     ]);
@@ -288,6 +290,7 @@ fn tier_env(
                 "COOKIE_SECURE",
                 "BCRYPT_COST",
                 "RUST_LOG",
+                "LOG_FORMAT",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ],
             [
@@ -312,6 +315,7 @@ fn tier_env(
                 "MAIL_FROM",
                 "METRICS_LISTEN",
                 "RUST_LOG",
+                "LOG_FORMAT",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ],
             [
