@@ -188,7 +188,9 @@ async fn lead_when_elected(
             tracing::info!("stopped");
             return Ok(());
         }
-        // Another replica leads now; this one keeps serving metrics and stands by.
+        // Another replica leads now; this one keeps serving metrics and stands by, without the
+        // per-BrokerAuth series it no longer writes.
+        context.metrics.forget_all();
         tracing::warn!(%holder, "lost the lease; following");
     }
 }

@@ -138,6 +138,20 @@ impl Metrics {
         }
     }
 
+    /// Drops every per-BrokerAuth series: a replica that stops leading writes them no more, and
+    /// its last values would otherwise stand beside the new leader's (an ex-leader's stale
+    /// ready = 1 would hide a BrokerAuth that is not Ready from `max by` in the alerts).
+    pub fn forget_all(&self) {
+        for family in [
+            &self.dbproc_lag,
+            &self.ready,
+            &self.dbproc_replicas,
+            &self.dbproc_max_replicas,
+        ] {
+            family.clear();
+        }
+    }
+
     pub fn record_failure(&self, reason: &str) {
         self.failures
             .get_or_create(&FailureLabels {

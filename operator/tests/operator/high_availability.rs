@@ -19,6 +19,8 @@ use crate::over_time::{BusyKafka, seed};
 use crate::support::{eventually, unique};
 
 const LEASE: &str = "broker-auth-operator";
+/// The readiness series of a BrokerAuth, as the operator's /metrics shows it.
+const READY: &str = "broker_auth_operator_brokerauth_ready{";
 const METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/brokerauth-dbproc-lag?labelSelector=auth.cfdbroker.io%2Fbrokerauth%3Dauth";
 
 struct RunningReplica {
@@ -155,6 +157,12 @@ async fn a_leader_change_while_the_hpa_reads_metrics_from_both_replicas_fails_no
         0,
         "a follower reconciled"
     );
+    eventually(
+        Duration::from_secs(20),
+        "the leader exporting the BrokerAuth's readiness",
+        || async { leader.metrics.encode().contains(READY).then_some(()) },
+    )
+    .await;
 
     // The HPA reads the metric from both replicas, as the APIService's Service spreads it.
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -198,6 +206,17 @@ async fn a_leader_change_while_the_hpa_reads_metrics_from_both_replicas_fails_no
         || async { (new_leader.metrics.reconciles.get() > 0).then_some(()) },
     )
     .await;
+    // The old leader no longer exports the per-BrokerAuth series it stopped writing (a stale
+    // ready = 1 beside the new leader's would hide a BrokerAuth that is not Ready); the new
+    // leader does once its first reconcile is through.
+    eventually(
+        Duration::from_secs(20),
+        "the new leader exporting the BrokerAuth's readiness",
+        || async { new_leader.metrics.encode().contains(READY).then_some(()) },
+    )
+    .await;
+    let leader_metrics = leader.metrics.encode();
+    assert!(!leader_metrics.contains(READY), "{leader_metrics}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_reading.cancel();
     reader.await.unwrap();
