@@ -204,7 +204,7 @@ impl DirectoryWorker {
         // nobody to read it, and retrying it would hold up the partition for nothing.
         let delivered = self
             .outbox
-            .send_unless_topic_gone(
+            .send_reply(
                 &request.reply_to,
                 message.key(),
                 &reply.encode(request.request_id),

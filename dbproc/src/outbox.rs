@@ -29,22 +29,10 @@ impl Outbox {
         Self { producer, retry }
     }
 
-    pub async fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: OwnedHeaders,
-        held: &mut HeldRecord<'_>,
-    ) -> Result<(), Abandoned> {
-        self.send_unless(topic, key, payload, headers, held, |_| false)
-            .await
-            .map(|_| ())
-    }
-
-    /// Like [`Outbox::send`], except that a record to a topic that does not exist is given up:
-    /// `Ok(false)`. For replies to an API instance's own topic, which goes with the instance.
-    pub async fn send_unless_topic_gone(
+    /// Sends a reply until Kafka acknowledges it (`Ok(true)`), except that one to a topic that
+    /// does not exist is given up (`Ok(false)`): an API instance's own reply topic goes with the
+    /// instance.
+    pub async fn send_reply(
         &self,
         topic: &str,
         key: Option<&[u8]>,
@@ -117,14 +105,17 @@ impl Outbox {
                 key: headers::DEAD_LETTER_SOURCE,
                 value: Some(&source),
             });
-        self.send(
+        self.send_unless(
             dead_letter_topic,
             message.key(),
             message.payload().unwrap_or_default(),
             headers,
             held,
+            // A dead letter is written whatever it takes: the topic is the deployment's own.
+            |_| false,
         )
         .await
+        .map(|_| ())
     }
 }
 

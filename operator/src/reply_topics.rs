@@ -13,6 +13,7 @@ use std::time::Duration;
 use broker_auth_contract::Topics;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 
@@ -26,9 +27,7 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Per BrokerAuth: reply topics without a pod, and since when the operator has known.
 #[derive(Debug, Default)]
-pub struct Orphans(
-    HashMap<kube::runtime::reflector::ObjectRef<BrokerAuth>, HashMap<String, Instant>>,
-);
+pub struct Orphans(HashMap<ObjectRef<BrokerAuth>, HashMap<String, Instant>>);
 
 impl Orphans {
     /// Records what a sweep found (`orphans`, at `now`) and returns those orphaned for at least
@@ -39,10 +38,7 @@ impl Orphans {
         orphans: &BTreeSet<String>,
         now: Instant,
     ) -> Vec<String> {
-        let seen = self
-            .0
-            .entry(kube::runtime::reflector::ObjectRef::from_obj(ba))
-            .or_default();
+        let seen = self.0.entry(ObjectRef::from_obj(ba)).or_default();
         seen.retain(|topic, _| orphans.contains(topic));
         let mut due = Vec::new();
         for topic in orphans {
@@ -55,8 +51,7 @@ impl Orphans {
     }
 
     pub fn forget(&mut self, ba: &BrokerAuth) {
-        self.0
-            .remove(&kube::runtime::reflector::ObjectRef::from_obj(ba));
+        self.0.remove(&ObjectRef::from_obj(ba));
     }
 }
 
