@@ -97,7 +97,10 @@ class SmtpSink(socketserver.ThreadingTCPServer):
             # An "account exists" notice carries no code: an older code file would be stale.
             path = self.codes_dir / code_file_name(recipient)
             if code:
-                path.write_text(code.group(0))
+                # Write then rename: a reader polling for the file must never see it empty.
+                partial = path.with_suffix(".partial")
+                partial.write_text(code.group(0))
+                os.replace(partial, path)
             else:
                 path.unlink(missing_ok=True)
 
@@ -173,24 +176,25 @@ def wait_ready(url: str, children: list[subprocess.Popen], log_dir: Path) -> Non
     sys.exit(f"{url} was not ready within {PATIENCE_SECS} s")
 
 
-def post(url: str, body: dict) -> int:
+def post(url: str, body: dict) -> tuple[int, str]:
+    """Returns the status and the body, so a refusal can say why."""
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
+            return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
-        return error.code
+        return error.code, error.read().decode(errors="replace")
 
 
 def register(base: str, codes_dir: Path) -> tuple[str, str]:
     """Signs a user up through the mailbox, for schemathesis to sign in as."""
     email = f"contract-{uuid.uuid4().hex[:12]}@example.com"
     password = f"contract-{uuid.uuid4().hex}"
-    status = post(f"{base}/api/v1/auth/signup", {"email": email})
+    status, answer = post(f"{base}/api/v1/auth/signup", {"email": email})
     if status != 202:
-        sys.exit(f"signup of the contract user answered {status}")
+        sys.exit(f"signup of the contract user answered {status}: {answer}")
     code_file = codes_dir / code_file_name(email)
     deadline = time.monotonic() + PATIENCE_SECS
     while not code_file.is_file():
@@ -198,9 +202,9 @@ def register(base: str, codes_dir: Path) -> tuple[str, str]:
             sys.exit(f"no code mailed to {email} within {PATIENCE_SECS} s")
         time.sleep(0.1)
     body = {"email": email, "otp": code_file.read_text(), "password": password, "name": "Contract"}
-    status = post(f"{base}/api/v1/auth/verify", body)
+    status, answer = post(f"{base}/api/v1/auth/verify", body)
     if status != 201:
-        sys.exit(f"verify of the contract user answered {status}")
+        sys.exit(f"verify of the contract user answered {status}: {answer}")
     return email, password
 
 
