@@ -1,4 +1,5 @@
-// broker-auth web UI: sign up → confirm the emailed code → account page; sign in; log out.
+// broker-auth web UI: sign up → confirm the emailed code → account page; sign in; reset a forgotten password with
+// an emailed code; on the account page change the password, see the sessions and end them; log out.
 //
 // The session lives only in the HttpOnly cookie the API sets: this script never sees a token and never
 // stores anything in localStorage or sessionStorage. Every request is same-origin with credentials.
@@ -12,12 +13,16 @@ const VIEW_TITLES = {
   signin: 'Sign in',
   signup: 'Create your account',
   verify: 'Confirm your email',
+  recover: 'Reset your password',
+  reset: 'Choose a new password',
   account: 'Your account',
 };
 
 const FALLBACK_MESSAGES = {
   400: 'The request could not be processed. Please check the form and try again.',
   401: 'Your email address or password is incorrect.',
+  403: 'The password is not correct.',
+  404: 'That was not found. It may already be gone.',
   409: 'An account with this email address already exists. Please sign in.',
   413: 'The form data is too large.',
   422: 'Please correct the highlighted fields.',
@@ -90,12 +95,24 @@ function userFrom(data) {
   return user;
 }
 
+function sessionsFrom(data) {
+  const sessions = data && typeof data === 'object' ? data.sessions : null;
+  if (!Array.isArray(sessions)) throw new ApiError(500, null, null);
+  return sessions.filter((session) => session && typeof session === 'object');
+}
+
 const api = {
   me: async () => userFrom(await callApi('GET', 'me')),
   signup: (email) => callApi('POST', 'signup', { email }),
   verify: async (fields) => userFrom(await callApi('POST', 'verify', fields)),
   signin: async (email, password) => userFrom(await callApi('POST', 'signin', { email, password })),
-  logout: () => callApi('POST', 'logout'),
+  recover: (email) => callApi('POST', 'recover', { email }),
+  recoverVerify: async (fields) => userFrom(await callApi('POST', 'recover/verify', fields)),
+  changePassword: async (fields) => userFrom(await callApi('POST', 'password', fields)),
+  sessions: async () => sessionsFrom(await callApi('GET', 'sessions')),
+  endSession: (id) => callApi('DELETE', `sessions/${encodeURIComponent(id)}`),
+  logout: () => callApi('POST', 'logout?scope=local'),
+  logoutOthers: () => callApi('POST', 'logout?scope=others'),
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -186,10 +203,17 @@ function withWaitHint(error) {
   return error.message;
 }
 
+/** Error codes that are about one field, in a form that has that field: code → the field's name. */
+const FIELD_OF_ERROR_CODE = {
+  invalid_code: 'otp',
+  // Only the change-password form has this field; a sign-in's invalid_credentials stays a form error.
+  invalid_credentials: 'current_password',
+};
+
 /**
  * Puts an error where it belongs: the API's per-field messages next to their inputs (keys are the request's
- * field names, which are the inputs' names), a wrong or expired code on the code field, everything else in the
- * form's error area. Returns the input that should take focus, if any.
+ * field names, which are the inputs' names), a wrong or expired code on the code field, a wrong current password on
+ * that field, everything else in the form's error area. Returns the input that should take focus, if any.
  */
 function showError(form, error) {
   clearErrors(form);
@@ -199,7 +223,10 @@ function showError(form, error) {
     return null;
   }
   const fieldMessages = { ...error.fields };
-  if (error.code === 'invalid_code' && !fieldMessages.otp) fieldMessages.otp = error.message;
+  const field = FIELD_OF_ERROR_CODE[error.code];
+  if (field && !fieldMessages[field] && form.elements.namedItem(field) instanceof HTMLInputElement) {
+    fieldMessages[field] = error.message;
+  }
 
   let firstInvalid = null;
   const unplaced = [];
@@ -270,6 +297,22 @@ function setRevealed(button, revealed) {
 const signinForm = byId('signin-form');
 const signupForm = byId('signup-form');
 const verifyForm = byId('verify-form');
+const recoverForm = byId('recover-form');
+const resetForm = byId('reset-form');
+const passwordForm = byId('password-form');
+
+/** A message in a small live region of its own (the change-password form, the sessions list). */
+function setNotice(id, message) {
+  byId(id).textContent = message || '';
+}
+
+function clearPasswordForm() {
+  clearErrors(passwordForm);
+  concealPasswords(passwordForm);
+  passwordForm.elements.namedItem('current_password').value = '';
+  passwordForm.elements.namedItem('password').value = '';
+  setNotice('password-form-status', '');
+}
 
 function showAccount(user, message) {
   byId('account-name').textContent = user.name || '';
@@ -278,8 +321,11 @@ function showAccount(user, message) {
   const accountError = byId('account-error');
   accountError.textContent = '';
   accountError.hidden = true;
+  clearPasswordForm();
+  passwordForm.elements.namedItem('username').value = user.email || '';
   setStatus(message || '');
   showView('account');
+  loadSessions();
 }
 
 function showSignin({ email } = {}) {
@@ -306,6 +352,37 @@ function showVerify(email) {
   byId('verify-lead').textContent =
     `Enter the 6-digit code we sent to ${email}, then choose your name and password.`;
   showView('verify', verifyForm.elements.namedItem('otp'));
+}
+
+function showRecover() {
+  clearErrors(recoverForm);
+  const typed = resetForm.elements.namedItem('email').value || signinForm.elements.namedItem('email').value;
+  const emailInput = recoverForm.elements.namedItem('email');
+  if (!emailInput.value && typed) emailInput.value = typed;
+  showView('recover');
+}
+
+function showReset(email) {
+  clearErrors(resetForm);
+  concealPasswords(resetForm);
+  resetForm.elements.namedItem('email').value = email;
+  resetForm.elements.namedItem('otp').value = '';
+  resetForm.elements.namedItem('password').value = '';
+  byId('reset-lead').textContent = `Enter the 6-digit code we sent to ${email} and choose a new password.`;
+  showView('reset', resetForm.elements.namedItem('otp'));
+}
+
+/**
+ * An account-page request answered 401: the session ended elsewhere (signed out from another device, a password
+ * change or reset, expiry). Back to sign-in, saying why. Returns whether the error was that.
+ */
+function handleEndedSession(error) {
+  if (!(error instanceof ApiError && error.status === 401)) return false;
+  if (!byId('view-account').hidden) {
+    showSignin({ email: byId('account-email').textContent });
+    setStatus('Your session has ended. Please sign in again.', { error: true });
+  }
+  return true;
 }
 
 signupForm.addEventListener('submit', (event) => {
@@ -376,6 +453,55 @@ signinForm.addEventListener('submit', (event) => {
   });
 });
 
+recoverForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const email = recoverForm.elements.namedItem('email').value.trim();
+  withPending(submitButton(recoverForm), async () => {
+    try {
+      const answer = await api.recover(email);
+      showReset(email);
+      setStatus((answer && answer.message) || `If ${email} has an account, we sent a code to it.`);
+    } catch (error) {
+      return showError(recoverForm, error);
+    }
+  });
+});
+
+resetForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const fields = {
+    email: resetForm.elements.namedItem('email').value.trim(),
+    otp: resetForm.elements.namedItem('otp').value.replace(/\s+/g, ''),
+    password: resetForm.elements.namedItem('password').value,
+  };
+  concealPasswords(resetForm);
+  withPending(submitButton(resetForm), async () => {
+    try {
+      const user = await api.recoverVerify(fields);
+      resetForm.reset();
+      showAccount(user, 'Your password has been reset. Every other session was signed out.');
+    } catch (error) {
+      return showError(resetForm, error);
+    }
+  });
+});
+
+byId('resend-recovery-code').addEventListener('click', (event) => {
+  const button = event.currentTarget;
+  const email = resetForm.elements.namedItem('email').value.trim();
+  withPending(button, async () => {
+    try {
+      const answer = await api.recover(email);
+      clearErrors(resetForm);
+      resetForm.elements.namedItem('otp').value = '';
+      setStatus((answer && answer.message) || `We sent a new code to ${email}.`);
+      return resetForm.elements.namedItem('otp');
+    } catch (error) {
+      return showError(resetForm, error);
+    }
+  });
+});
+
 byId('logout').addEventListener('click', (event) => {
   const button = event.currentTarget;
   const email = byId('account-email').textContent;
@@ -393,11 +519,199 @@ byId('logout').addEventListener('click', (event) => {
   });
 });
 
+passwordForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const fields = {
+    current_password: passwordForm.elements.namedItem('current_password').value,
+    password: passwordForm.elements.namedItem('password').value,
+  };
+  concealPasswords(passwordForm);
+  setNotice('password-form-status', '');
+  withPending(submitButton(passwordForm), async () => {
+    try {
+      await api.changePassword(fields);
+      clearPasswordForm();
+      setNotice('password-form-status', 'Your password has been changed. Your other sessions were signed out.');
+      loadSessions();
+    } catch (error) {
+      if (handleEndedSession(error)) return null;
+      return showError(passwordForm, error);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sessions
+
+const sessionsList = byId('sessions-list');
+const sessionTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+// Each load gets a number; an answer to an older load (the list was asked for again meanwhile) is dropped.
+let sessionsGeneration = 0;
+
+const BROWSERS = [
+  ['Edg/', 'Edge'],
+  ['OPR/', 'Opera'],
+  ['Firefox/', 'Firefox'],
+  ['Chrome/', 'Chrome'],
+  ['Safari/', 'Safari'],
+];
+const SYSTEMS = [
+  ['Windows', 'Windows'],
+  ['Android', 'Android'],
+  ['iPhone', 'iOS'],
+  ['iPad', 'iPadOS'],
+  ['Mac OS X', 'macOS'],
+  ['CrOS', 'ChromeOS'],
+  ['Linux', 'Linux'],
+];
+
+/** "Firefox on Windows" from a user agent; the raw string is unreadable and says more than people need. */
+function describeDevice(userAgent) {
+  if (typeof userAgent !== 'string' || !userAgent.trim()) return 'Unknown device';
+  const browser = BROWSERS.find(([token]) => userAgent.includes(token));
+  const system = SYSTEMS.find(([token]) => userAgent.includes(token));
+  if (!browser && !system) return userAgent.length > 60 ? `${userAgent.slice(0, 60)}…` : userAgent;
+  return `${browser ? browser[1] : 'A browser'} on ${system ? system[1] : 'an unknown system'}`;
+}
+
+function timeElement(value) {
+  const date = typeof value === 'string' ? new Date(value) : null;
+  if (!date || Number.isNaN(date.getTime())) return document.createTextNode('Unknown');
+  const time = document.createElement('time');
+  time.dateTime = value;
+  time.textContent = sessionTimeFormat.format(date);
+  return time;
+}
+
+function fact(term, value, id) {
+  const row = document.createElement('div');
+  const dt = document.createElement('dt');
+  dt.textContent = term;
+  const dd = document.createElement('dd');
+  if (id) dd.id = id;
+  dd.append(value);
+  row.append(dt, dd);
+  return row;
+}
+
+function sessionItem(session, index) {
+  const item = document.createElement('li');
+  item.className = 'session';
+  const deviceId = `session-${index}-device`;
+  const createdId = `session-${index}-created`;
+
+  const device = document.createElement('p');
+  device.className = 'session-device';
+  device.id = deviceId;
+  device.textContent = describeDevice(session.user_agent);
+  if (session.current === true) {
+    item.classList.add('is-current');
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.textContent = 'This device';
+    device.append(' ', badge);
+  }
+
+  const facts = document.createElement('dl');
+  facts.className = 'session-facts';
+  const ip = typeof session.ip_prefix === 'string' && session.ip_prefix ? session.ip_prefix : 'Unknown';
+  facts.append(
+    fact('IP address', ip),
+    fact('Signed in', timeElement(session.created_at), createdId),
+    fact('Last active', timeElement(session.last_seen_at)),
+  );
+  item.append(device, facts);
+
+  if (session.current !== true) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'button secondary compact';
+    button.textContent = 'Sign out';
+    button.dataset.pendingLabel = 'Signing out…';
+    // The visible "Sign out" is the name; which session it ends is read out as its description.
+    button.setAttribute('aria-describedby', `${deviceId} ${createdId}`);
+    button.addEventListener('click', () => endSession(button, session));
+    item.append(button);
+  }
+  return item;
+}
+
+function renderSessions(sessions) {
+  sessionsList.replaceChildren(...sessions.map(sessionItem));
+  byId('logout-others').hidden = !sessions.some((session) => session.current !== true);
+}
+
+function showSessionsError(error) {
+  const slot = byId('sessions-error');
+  slot.textContent = error instanceof ApiError || error instanceof NetworkError ? withWaitHint(error) : GENERIC_FAILURE;
+  slot.hidden = false;
+}
+
+/** Asks for the list again; `message` is announced once the fresh list is on screen. */
+async function loadSessions(message) {
+  const generation = ++sessionsGeneration;
+  const slot = byId('sessions-error');
+  slot.textContent = '';
+  slot.hidden = true;
+  sessionsList.setAttribute('aria-busy', 'true');
+  if (!message) setNotice('sessions-status', '');
+  try {
+    const sessions = await api.sessions();
+    if (generation !== sessionsGeneration) return;
+    renderSessions(sessions);
+    setNotice('sessions-status', message || '');
+  } catch (error) {
+    if (generation !== sessionsGeneration || handleEndedSession(error)) return;
+    showSessionsError(error);
+  } finally {
+    if (generation === sessionsGeneration) sessionsList.setAttribute('aria-busy', 'false');
+  }
+}
+
+function endSession(button, session) {
+  const device = describeDevice(session.user_agent);
+  withPending(button, async () => {
+    try {
+      await api.endSession(session.id);
+      await loadSessions(`Signed out the session on ${device}.`);
+    } catch (error) {
+      if (handleEndedSession(error)) return null;
+      if (error instanceof ApiError && error.status === 404) {
+        await loadSessions('That session had already ended.');
+      } else {
+        showSessionsError(error);
+        return button;
+      }
+    }
+    // The button went with the old list; focus the list's heading so keyboard users keep their place.
+    return byId('sessions-title');
+  });
+}
+
+byId('logout-others').addEventListener('click', (event) => {
+  const button = event.currentTarget;
+  withPending(button, async () => {
+    try {
+      await api.logoutOthers();
+      await loadSessions('Signed out everywhere else.');
+    } catch (error) {
+      if (handleEndedSession(error)) return null;
+      showSessionsError(error);
+      return button;
+    }
+    return button.hidden ? byId('sessions-title') : button;
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared controls
+
+const GOTO = { signin: () => showSignin(), signup: showSignup, recover: showRecover };
+
 for (const button of document.querySelectorAll('button[data-goto]')) {
   button.addEventListener('click', () => {
     setStatus('');
-    if (button.dataset.goto === 'signup') showSignup();
-    else showSignin();
+    GOTO[button.dataset.goto]();
   });
 }
 
@@ -409,7 +723,7 @@ for (const button of document.querySelectorAll('button.reveal')) {
 }
 
 // Editing a field clears its stale error, so the message never describes a value that is no longer there.
-for (const form of [signinForm, signupForm, verifyForm]) {
+for (const form of [signinForm, signupForm, verifyForm, recoverForm, resetForm, passwordForm]) {
   form.addEventListener('input', (event) => {
     const input = event.target;
     if (input instanceof HTMLInputElement && input.getAttribute('aria-invalid') === 'true') setFieldError(input, '');
