@@ -25,6 +25,8 @@ type HmacSha256 = Hmac<Sha256>;
 const ISSUER: &str = "broker-auth";
 const OTP_KEY_LABEL: &[u8] = b"broker-auth/otp-hash/v1";
 const CREATION_DIGEST_KEY_LABEL: &[u8] = b"broker-auth/creation-digest/v1";
+/// Prefixes the digest of a password change, so it never equals a creation digest.
+const PASSWORD_CHANGE_LABEL: &[u8] = b"broker-auth/password-change/v1";
 /// Fixed key of the password pre-hash. Its job is to turn any password into 44 ASCII bytes
 /// (under bcrypt's 72-byte limit, no NUL bytes); the secret part of the hash is bcrypt's.
 const PASSWORD_PREHASH_KEY: &[u8] = b"broker-auth/password-prehash/v1";
@@ -85,6 +87,24 @@ impl Keys {
                 fields[1],
                 &lengths[2],
                 fields[2],
+            ],
+        ))
+    }
+
+    /// The digest of a password change (the address and the new password), keyed and
+    /// length-prefixed like [`Keys::creation_digest`], under its own label so no change digest
+    /// equals a creation digest.
+    pub fn password_change_digest(&self, email: &EmailAddress, password: &NewPassword) -> String {
+        let fields = [email.as_str().as_bytes(), password.expose().as_bytes()];
+        let lengths = fields.map(|field| (field.len() as u64).to_be_bytes());
+        hex::encode(hmac(
+            &self.creation_digest_key,
+            &[
+                PASSWORD_CHANGE_LABEL,
+                &lengths[0],
+                fields[0],
+                &lengths[1],
+                fields[1],
             ],
         ))
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_auth_api::store::{
-    CodeAttempt, CodeRecord, EphemeralStore, MemoryStore, RedisStore, Session,
+    CodeAttempt, CodeRecord, EphemeralStore, MemoryStore, RedisStore, Revocation, Session,
 };
 use broker_auth_contract::User;
 use broker_auth_testkit::services;
@@ -57,6 +57,12 @@ for_both_stores!(
     a_throttle_lets_the_next_request_through_once_the_interval_passed,
     concurrent_requests_cannot_overrun_a_throttle,
     sessions_live_until_deleted_or_expired,
+    a_user_lists_and_ends_only_their_own_live_sessions,
+    revoking_ends_all_but_the_kept_session_and_refuses_older_unindexed_ones,
+    a_signin_raises_the_revocation_mark_but_never_lowers_it,
+    a_revocation_can_start_the_next_session_in_the_same_step,
+    sessions_started_during_a_global_revocation_do_not_outlive_it,
+    touching_a_revoked_session_does_not_bring_it_back,
 );
 
 fn record(hash: &str) -> CodeRecord {
@@ -272,40 +278,325 @@ async fn concurrent_requests_cannot_overrun_a_throttle(store: Arc<dyn EphemeralS
     assert_eq!(allowed, 7);
 }
 
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn session_of(user: &User, created_at_ms: u64) -> Session {
+    Session {
+        user: user.clone(),
+        created_at_ms,
+        last_seen_at_ms: created_at_ms,
+        user_agent: Some("test agent".into()),
+        ip_prefix: Some("192.0.2.0/24".into()),
+    }
+}
+
+fn user() -> User {
+    User {
+        id: Uuid::new_v4(),
+        email: email(),
+        name: "Ada".into(),
+    }
+}
+
+fn jti() -> String {
+    Uuid::new_v4().to_string()
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// The ids of the user's live sessions, sorted.
+async fn listed(store: &Arc<dyn EphemeralStore>, user: &User) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .user_sessions(user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
 async fn sessions_live_until_deleted_or_expired(store: Arc<dyn EphemeralStore>) {
-    let session = Session {
-        user: User {
-            id: Uuid::new_v4(),
-            email: email(),
-            name: "Ada".into(),
-        },
-    };
-    let (kept, deleted, expiring) = (
-        Uuid::new_v4().to_string(),
-        Uuid::new_v4().to_string(),
-        Uuid::new_v4().to_string(),
-    );
+    let user = user();
+    let session = session_of(&user, now_ms());
+    let (kept, deleted, expiring) = (jti(), jti(), jti());
     for jti in [&kept, &deleted] {
-        store
-            .put_session(jti, &session, Duration::from_secs(60))
-            .await
-            .unwrap();
+        store.put_session(jti, &session, TTL, None).await.unwrap();
     }
     store
-        .put_session(&expiring, &session, Duration::from_millis(30))
+        .put_session(&expiring, &session, Duration::from_millis(30), None)
         .await
         .unwrap();
-    store.delete_session(&deleted).await.unwrap();
-    assert_eq!(store.session(&kept).await.unwrap(), Some(session));
-    assert_eq!(store.session(&deleted).await.unwrap(), None);
+    store.delete_session(user.id, &deleted).await.unwrap();
+    assert_eq!(
+        store.session(&kept, user.id).await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(store.session(&deleted, user.id).await.unwrap(), None);
+    // A session is only ever another user's by mistake: it is not found under them.
+    assert_eq!(store.session(&kept, Uuid::new_v4()).await.unwrap(), None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while store.session(&expiring).await.unwrap().is_some() {
+    while store.session(&expiring, user.id).await.unwrap().is_some() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "session never expired"
         );
         tokio::task::yield_now().await;
     }
+    assert_eq!(listed(&store, &user).await, vec![kept]);
+}
+
+async fn a_user_lists_and_ends_only_their_own_live_sessions(store: Arc<dyn EphemeralStore>) {
+    let (ada, eve) = (user(), user());
+    let ada_sessions = [jti(), jti(), jti()];
+    for jti in &ada_sessions {
+        store
+            .put_session(jti, &session_of(&ada, now_ms()), TTL, None)
+            .await
+            .unwrap();
+    }
+    let eve_session = jti();
+    store
+        .put_session(&eve_session, &session_of(&eve, now_ms()), TTL, None)
+        .await
+        .unwrap();
+    assert_eq!(listed(&store, &ada).await, sorted(ada_sessions.to_vec()));
+    assert_eq!(listed(&store, &eve).await, vec![eve_session.clone()]);
+
+    // Eve's id under Ada's name ends nothing, and looks like an id that never existed.
+    assert!(!store.end_user_session(ada.id, &eve_session).await.unwrap());
+    assert!(!store.end_user_session(ada.id, &jti()).await.unwrap());
+    assert!(store.session(&eve_session, eve.id).await.unwrap().is_some());
+
+    assert!(
+        store
+            .end_user_session(ada.id, &ada_sessions[0])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .end_user_session(ada.id, &ada_sessions[0])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.session(&ada_sessions[0], ada.id).await.unwrap(), None);
+    assert_eq!(
+        listed(&store, &ada).await,
+        sorted(ada_sessions[1..].to_vec())
+    );
+}
+
+async fn revoking_ends_all_but_the_kept_session_and_refuses_older_unindexed_ones(
+    store: Arc<dyn EphemeralStore>,
+) {
+    let ada = user();
+    let started = now_ms();
+    let sessions = [jti(), jti(), jti()];
+    for jti in &sessions {
+        store
+            .put_session(jti, &session_of(&ada, started), TTL, None)
+            .await
+            .unwrap();
+    }
+    let others = Revocation {
+        keep: Some(&sessions[0]),
+        revoke_before_ms: None,
+        start: None,
+    };
+    assert_eq!(store.revoke_sessions(ada.id, others, TTL).await.unwrap(), 2);
+    assert_eq!(listed(&store, &ada).await, vec![sessions[0].clone()]);
+    assert!(store.session(&sessions[1], ada.id).await.unwrap().is_none());
+
+    // Global, with a mark: the index empties, and a session the index never had (an older API
+    // version's, or one whose indexing was lost) is refused if it started before the mark.
+    let mark = now_ms() + 1;
+    let global = Revocation {
+        keep: None,
+        revoke_before_ms: Some(mark),
+        start: None,
+    };
+    assert_eq!(store.revoke_sessions(ada.id, global, TTL).await.unwrap(), 1);
+    assert!(listed(&store, &ada).await.is_empty());
+    let stale = jti();
+    store
+        .put_session(&stale, &session_of(&ada, mark - 1), TTL, None)
+        .await
+        .unwrap();
+    assert_eq!(store.session(&stale, ada.id).await.unwrap(), None);
+    assert!(listed(&store, &ada).await.is_empty());
+    let fresh = jti();
+    store
+        .put_session(&fresh, &session_of(&ada, mark), TTL, None)
+        .await
+        .unwrap();
+    assert!(store.session(&fresh, ada.id).await.unwrap().is_some());
+    assert_eq!(listed(&store, &ada).await, vec![fresh]);
+}
+
+async fn a_signin_raises_the_revocation_mark_but_never_lowers_it(store: Arc<dyn EphemeralStore>) {
+    let ada = user();
+    let changed_at = now_ms() - 10_000;
+    let (kept, older) = (jti(), jti());
+    store
+        .put_session(&kept, &session_of(&ada, changed_at - 5_000), TTL, None)
+        .await
+        .unwrap();
+    store
+        .put_session(&older, &session_of(&ada, changed_at - 5_000), TTL, None)
+        .await
+        .unwrap();
+    // A password change kept `kept` (the session that made it) and revoked the rest.
+    let change = Revocation {
+        keep: Some(&kept),
+        revoke_before_ms: Some(changed_at),
+        start: None,
+    };
+    store.revoke_sessions(ada.id, change, TTL).await.unwrap();
+    assert!(store.session(&kept, ada.id).await.unwrap().is_some());
+
+    // A signin reporting the same change leaves the mark, and the kept session, alone.
+    let signin = jti();
+    store
+        .put_session(&signin, &session_of(&ada, now_ms()), TTL, Some(changed_at))
+        .await
+        .unwrap();
+    assert!(store.session(&kept, ada.id).await.unwrap().is_some());
+    // One reporting an older change does not lower it.
+    let late = jti();
+    store
+        .put_session(
+            &late,
+            &session_of(&ada, changed_at - 1_000),
+            TTL,
+            Some(changed_at - 2_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.session(&late, ada.id).await.unwrap(), None);
+    // One reporting a later change (whose revocation was missed) refuses everything before it.
+    store
+        .put_session(
+            &jti(),
+            &session_of(&ada, now_ms()),
+            TTL,
+            Some(changed_at + 1_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.session(&kept, ada.id).await.unwrap(), None);
+    assert!(store.session(&signin, ada.id).await.unwrap().is_some());
+}
+
+async fn a_revocation_can_start_the_next_session_in_the_same_step(store: Arc<dyn EphemeralStore>) {
+    let ada = user();
+    let old = jti();
+    store
+        .put_session(&old, &session_of(&ada, now_ms()), TTL, None)
+        .await
+        .unwrap();
+    // The directory's clock may run ahead of this one: the new session is kept by id.
+    let changed_at = now_ms() + 60_000;
+    let next = jti();
+    let next_session = session_of(&ada, now_ms());
+    let recovery = Revocation {
+        keep: Some(&next),
+        revoke_before_ms: Some(changed_at),
+        start: Some((&next, &next_session)),
+    };
+    assert_eq!(
+        store.revoke_sessions(ada.id, recovery, TTL).await.unwrap(),
+        1
+    );
+    assert_eq!(store.session(&old, ada.id).await.unwrap(), None);
+    assert_eq!(
+        store.session(&next, ada.id).await.unwrap(),
+        Some(next_session)
+    );
+    assert_eq!(listed(&store, &ada).await, vec![next]);
+}
+
+async fn sessions_started_during_a_global_revocation_do_not_outlive_it(
+    store: Arc<dyn EphemeralStore>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let ada = user();
+    let revoking = Arc::new(AtomicBool::new(false));
+    let starts: Vec<_> = (0..200)
+        .map(|i| {
+            let (store, ada, revoking) = (store.clone(), ada.clone(), revoking.clone());
+            tokio::spawn(async move {
+                for _ in 0..i % 7 {
+                    tokio::task::yield_now().await;
+                }
+                let id = jti();
+                store
+                    .put_session(&id, &session_of(&ada, now_ms()), TTL, None)
+                    .await
+                    .unwrap();
+                // Finished before the revocation began: it must not survive it.
+                (id, !revoking.load(Ordering::SeqCst))
+            })
+        })
+        .collect();
+    // Revoke while the starts are still landing.
+    tokio::task::yield_now().await;
+    revoking.store(true, Ordering::SeqCst);
+    let global = Revocation {
+        keep: None,
+        revoke_before_ms: Some(now_ms()),
+        start: None,
+    };
+    store.revoke_sessions(ada.id, global, TTL).await.unwrap();
+    let results: Vec<(String, bool)> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut live = Vec::new();
+    for (id, finished_before) in &results {
+        if store.session(id, ada.id).await.unwrap().is_some() {
+            assert!(!finished_before, "session {id} outlived the revocation");
+            live.push(id.clone());
+        }
+    }
+    // The index and the sessions agree on what is left.
+    assert_eq!(listed(&store, &ada).await, sorted(live));
+}
+
+async fn touching_a_revoked_session_does_not_bring_it_back(store: Arc<dyn EphemeralStore>) {
+    let ada = user();
+    let id = jti();
+    let mut session = session_of(&ada, now_ms());
+    store.put_session(&id, &session, TTL, None).await.unwrap();
+    session.last_seen_at_ms += 90_000;
+    store.touch_session(&id, &session).await.unwrap();
+    assert_eq!(
+        store
+            .session(&id, ada.id)
+            .await
+            .unwrap()
+            .map(|s| s.last_seen_at_ms),
+        Some(session.last_seen_at_ms)
+    );
+    store.delete_session(ada.id, &id).await.unwrap();
+    store.touch_session(&id, &session).await.unwrap();
+    assert_eq!(store.session(&id, ada.id).await.unwrap(), None);
 }
 
 async fn concurrent_attempts_are_counted_exactly(store: Arc<dyn EphemeralStore>) {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use broker_auth_contract::{
     Authenticate, AuthenticationLookup, CheckExistence, CreateUser, Credentials, DirectoryRpc,
-    Envelope, ExistenceCheck, Reply, RequestKind, UserCreation, UserCreationResult,
+    Envelope, ExistenceCheck, PasswordUpdate, PasswordUpdateResult, Reply, RequestKind,
+    UpdatePassword, UserCreation, UserCreationResult,
 };
 use uuid::Uuid;
 
@@ -106,6 +107,16 @@ impl Directory {
             .call::<Authenticate>(email, Uuid::new_v4(), request)
             .await?
             .account)
+    }
+
+    /// Sets a new password; idempotent by `request_id`.
+    pub async fn update_password(
+        &self,
+        request_id: Uuid,
+        update: PasswordUpdate,
+    ) -> Result<PasswordUpdateResult, DirectoryError> {
+        let key = update.email.clone();
+        self.call::<UpdatePassword>(&key, request_id, update).await
     }
 
     pub async fn ready(&self) -> Result<(), String> {

@@ -6,10 +6,9 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{AppendHeaders, IntoResponse, Response};
-use broker_auth_contract::{MailRequest, MailTemplate, User, UserCreation, UserCreationResult};
+use axum::response::{IntoResponse, Response};
+use broker_auth_contract::{MailRequest, MailTemplate, UserCreation, UserCreationResult};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -20,27 +19,27 @@ use super::openapi::{
     CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
     UnsupportedMediaType, ValidationFailed,
 };
+use super::sessions::{SessionOrigin, UserBody, current_session, directory_time, start_session};
 use super::{AppState, ClientBucket};
-use crate::cookie::{clearing_cookies, session_cookie, session_token};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
-use crate::store::{CodeAttempt, CodeRecord, Session};
+use crate::store::{CodeAttempt, CodePurpose, CodeRecord};
 
 /// How long a verify holds its code against verifies with other details: longer than a verify
 /// takes (a bcrypt hash, a Kafka request within its reply timeout, a session write), so a hold
 /// is not taken from a verify still running. The same details take it over at once.
-const CODE_HOLD: Duration = Duration::from_secs(30);
+pub(super) const CODE_HOLD: Duration = Duration::from_secs(30);
 
 /// The two failure counters of one kind for an address: one per (address, client IP) with a low
 /// limit, and one per address with a high one. A single source is stopped early, and it cannot
 /// use up the allowance of the owner, who signs in from somewhere else.
-struct FailureLimits {
+pub(super) struct FailureLimits {
     per_client: String,
     per_address: String,
 }
 
 impl FailureLimits {
-    fn new(kind: &str, email: &EmailAddress, client: &ClientBucket) -> Self {
+    pub(super) fn new(kind: &str, email: &EmailAddress, client: &ClientBucket) -> Self {
         Self {
             per_client: format!("{kind}-from:{}:{email}", client.0),
             per_address: format!("{kind}:{email}"),
@@ -49,7 +48,7 @@ impl FailureLimits {
 
     /// Counts one attempt before it is checked, so parallel attempts cannot overrun a limit.
     /// An attempt refused by the client's own limit is not added to the address's.
-    async fn count(
+    pub(super) async fn count(
         &self,
         state: &AppState,
         window: std::time::Duration,
@@ -69,7 +68,7 @@ impl FailureLimits {
         Ok(())
     }
 
-    async fn clear(&self, state: &AppState) -> Result<(), ApiError> {
+    pub(super) async fn clear(&self, state: &AppState) -> Result<(), ApiError> {
         state.store.reset(&self.per_client).await?;
         state.store.reset(&self.per_address).await?;
         Ok(())
@@ -78,14 +77,18 @@ impl FailureLimits {
 
 /// Collects per-field messages so one response names every invalid field.
 #[derive(Default)]
-struct FieldErrors(BTreeMap<&'static str, &'static str>);
+pub(super) struct FieldErrors(BTreeMap<&'static str, &'static str>);
 
 impl FieldErrors {
-    fn check<T>(&mut self, field: &'static str, parsed: Result<T, &'static str>) -> Option<T> {
+    pub(super) fn check<T>(
+        &mut self,
+        field: &'static str,
+        parsed: Result<T, &'static str>,
+    ) -> Option<T> {
         parsed.map_err(|message| self.0.insert(field, message)).ok()
     }
 
-    fn finish<T>(self, value: Option<T>) -> Result<T, ApiError> {
+    pub(super) fn finish<T>(self, value: Option<T>) -> Result<T, ApiError> {
         match value {
             Some(value) if self.0.is_empty() => Ok(value),
             _ => Err(ApiError::Validation(self.0)),
@@ -183,7 +186,11 @@ async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), 
     };
     state
         .store
-        .put_code(email.as_str(), &record, state.policy.otp_ttl)
+        .put_code(
+            &CodePurpose::Signup.key(email.as_str()),
+            &record,
+            state.policy.otp_ttl,
+        )
         .await?;
     let template = if exists {
         MailTemplate::AccountExists
@@ -225,12 +232,6 @@ pub struct VerifyRequest {
     name: Text,
 }
 
-/// A user and their new session.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserBody {
-    user: User,
-}
-
 /// Checks the code and creates the account.
 ///
 /// The attempt is counted first, the code compared in constant time and consumed once; then the
@@ -258,6 +259,7 @@ pub struct UserBody {
 pub async fn verify(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
+    origin: SessionOrigin,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -286,9 +288,10 @@ pub async fn verify(
             RateLimit::VerifyFailures,
         )
         .await?;
+    let code_key = CodePurpose::Signup.key(email.as_str());
     let record = match state
         .store
-        .attempt_code(email.as_str(), state.policy.otp_max_attempts)
+        .attempt_code(&code_key, state.policy.otp_max_attempts)
         .await?
     {
         CodeAttempt::Check { record, .. } => record,
@@ -305,7 +308,7 @@ pub async fn verify(
     let digest = state.keys.creation_digest(&email, &name, &password);
     if !state
         .store
-        .hold_code(email.as_str(), &record.hash, &digest, CODE_HOLD)
+        .hold_code(&code_key, &record.hash, &digest, CODE_HOLD)
         .await?
     {
         // A concurrent verify of the same code, with other details, holds it.
@@ -334,14 +337,14 @@ pub async fn verify(
     .await;
     let answered = match created {
         Ok(UserCreationResult::Created { user }) => {
-            start_session(&state, user, StatusCode::CREATED).await
+            start_session(&state, user, &origin, None, StatusCode::CREATED).await
         }
         Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
         Err(error) => Err(error),
     };
     match answered {
         Ok(response) => {
-            if let Err(error) = state.store.consume_code(email.as_str(), &record.hash).await {
+            if let Err(error) = state.store.consume_code(&code_key, &record.hash).await {
                 // It expires on its own. Until then a reuse with these details gets another
                 // session on the same account (the creation request is answered as before), and
                 // one with other details is refused: no second account either way.
@@ -351,7 +354,7 @@ pub async fn verify(
         }
         Err(error @ ApiError::AccountExists) => {
             // Settled: the code has nothing left to do.
-            if let Err(e) = state.store.consume_code(email.as_str(), &record.hash).await {
+            if let Err(e) = state.store.consume_code(&code_key, &record.hash).await {
                 tracing::warn!(error = %e, "could not delete a code whose account exists");
             }
             Err(error)
@@ -367,7 +370,7 @@ pub async fn verify(
             // retry takes the hold over (same details) or waits out its lease (others).
             if let Err(e) = state
                 .store
-                .release_code(email.as_str(), &record.hash, &digest)
+                .release_code(&code_key, &record.hash, &digest)
                 .await
             {
                 tracing::warn!(error = %e, "could not release the code after a failed creation");
@@ -413,6 +416,7 @@ pub struct SigninRequest {
 pub async fn signin(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
+    origin: SessionOrigin,
     ApiJson(body): ApiJson<SigninRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -447,50 +451,13 @@ pub async fn signin(
     match credentials {
         Some(credentials) if matches => {
             failures.clear(&state).await?;
-            start_session(&state, credentials.user, StatusCode::OK).await
+            // The last password change re-asserts the revocation of older sessions, in case it
+            // was missed when the password changed.
+            let changed = directory_time(credentials.password_changed_at_ms);
+            start_session(&state, credentials.user, &origin, changed, StatusCode::OK).await
         }
         _ => Err(ApiError::InvalidCredentials),
     }
-}
-
-async fn start_session(
-    state: &AppState,
-    user: User,
-    status: StatusCode,
-) -> Result<Response, ApiError> {
-    let ttl = state.policy.session_ttl;
-    let jti = Uuid::new_v4();
-    state
-        .store
-        .put_session(&jti.to_string(), &Session { user: user.clone() }, ttl)
-        .await?;
-    let token = state
-        .keys
-        .issue_session_token(user.id, &user.email, jti, ttl)?;
-    tracing::info!(user_id = %user.id, "session started");
-    Ok((
-        status,
-        [(
-            SET_COOKIE,
-            session_cookie(&token, ttl, state.policy.cookie_secure),
-        )],
-        Json(UserBody { user }),
-    )
-        .into_response())
-}
-
-/// The session behind the request's token, if the token is valid and the session not revoked.
-async fn current_session(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Session>, ApiError> {
-    let Some(claims) = session_token(headers, state.policy.cookie_secure)
-        .and_then(|t| state.keys.verify_session_token(t))
-    else {
-        return Ok(None);
-    };
-    let session = state.store.session(&claims.jti).await?;
-    Ok(session.filter(|session| session.user.id.to_string() == claims.sub))
 }
 
 /// The signed-in user.
@@ -512,42 +479,11 @@ async fn current_session(
 )]
 #[tracing::instrument(name = "me", skip_all)]
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let session = current_session(&state, &headers)
+    let current = current_session(&state, &headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    Ok(Json(UserBody { user: session.user }).into_response())
-}
-
-/// Ends this session.
-///
-/// Revokes this session only and clears the cookie: 204, also when there was nothing to revoke.
-#[utoipa::path(
-    post,
-    path = "/logout",
-    tag = "auth",
-    security((), ("session_cookie" = []), ("session_cookie_plain" = []), ("bearer" = [])),
-    responses(
-        (status = 204, description = "The session (if any) is revoked and the cookie cleared.", headers(("Set-Cookie" = String, description = "Clears the session cookie."))),
-        (status = 403, response = CrossSite),
-        (status = 429, response = RateLimited),
-        (status = 500, response = Internal),
-        (status = 503, response = Unavailable),
-    )
-)]
-#[tracing::instrument(name = "logout", skip_all)]
-pub async fn logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    if let Some(claims) = session_token(&headers, state.policy.cookie_secure)
-        .and_then(|t| state.keys.verify_session_token(t))
-    {
-        state.store.delete_session(&claims.jti).await?;
-    }
-    let [secure, plain] = clearing_cookies();
-    Ok((
-        StatusCode::NO_CONTENT,
-        AppendHeaders([(SET_COOKIE, secure), (SET_COOKIE, plain)]),
-    )
-        .into_response())
+    Ok(Json(UserBody {
+        user: current.session.user,
+    })
+    .into_response())
 }

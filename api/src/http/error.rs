@@ -35,12 +35,17 @@ pub enum ApiError {
     InvalidCode,
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// A signed-in request offered the wrong current password.
+    #[error("wrong current password")]
+    WrongPassword,
     #[error("not signed in")]
     Unauthenticated,
     #[error("account already exists")]
     AccountExists,
     #[error("the code was already used with another name or password")]
     RequestConflict,
+    #[error("the recovery code was already used with another password")]
+    RecoveryConflict,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -98,6 +103,11 @@ impl ApiError {
                 "invalid_credentials",
                 "The email or password is not correct.",
             ),
+            Self::WrongPassword => (
+                StatusCode::FORBIDDEN,
+                "invalid_credentials",
+                "The current password is not correct.",
+            ),
             Self::Unauthenticated => (
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -113,6 +123,12 @@ impl ApiError {
                 "request_conflict",
                 "This code was already used to create the account with another name or \
                  password. Send the name and password you gave first, or sign in.",
+            ),
+            Self::RecoveryConflict => (
+                StatusCode::CONFLICT,
+                "request_conflict",
+                "This code was already used to set another password. Send the password you \
+                 gave first, or sign in with it.",
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource."),
             Self::CrossSite => (
@@ -154,16 +170,22 @@ pub enum RateLimit {
     SignupCooldown,
     /// A client's second password hash while its first one runs or waits.
     HashPerClient,
+    /// A new recovery code for the same address before the resend cooldown ended.
+    RecoveryCooldown,
+    /// Wrong recovery codes for an address (from one client, or in all).
+    RecoveryFailures,
 }
 
 impl RateLimit {
-    pub const ALL: [RateLimit; 6] = [
+    pub const ALL: [RateLimit; 8] = [
         RateLimit::PerIp,
         RateLimit::HashingPerIp,
         RateLimit::SigninFailures,
         RateLimit::VerifyFailures,
         RateLimit::SignupCooldown,
         RateLimit::HashPerClient,
+        RateLimit::RecoveryCooldown,
+        RateLimit::RecoveryFailures,
     ];
 
     pub fn label(self) -> &'static str {
@@ -174,6 +196,8 @@ impl RateLimit {
             RateLimit::VerifyFailures => "verify_failures",
             RateLimit::SignupCooldown => "signup_cooldown",
             RateLimit::HashPerClient => "hash_per_client",
+            RateLimit::RecoveryCooldown => "recovery_cooldown",
+            RateLimit::RecoveryFailures => "recovery_failures",
         }
     }
 }

@@ -24,12 +24,14 @@ use crate::metrics::Metrics;
 use crate::outbox::MailOutbox;
 use crate::store::EphemeralStore;
 
+mod account;
 mod auth;
 pub mod error;
 // Public for the fuzz targets (`fuzz/`): the JSON body extractor.
 pub mod extract;
 pub mod openapi;
 mod ops;
+mod sessions;
 mod ui;
 
 pub use error::{ApiError, RateLimit};
@@ -113,7 +115,12 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(auth::verify))
         .routes(routes!(auth::signin))
         .routes(routes!(auth::me))
-        .routes(routes!(auth::logout))
+        .routes(routes!(sessions::logout))
+        .routes(routes!(account::recover))
+        .routes(routes!(account::recover_verify))
+        .routes(routes!(account::change_password))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::end_session))
         .split_for_parts();
     let (public, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(openapi::openapi_json))
@@ -210,11 +217,12 @@ async fn rate_limit(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let ip = extract::rate_limit_key(extract::client_ip(
+    let address = extract::client_ip(
         request.headers(),
         request.extensions().get::<ConnectInfo<SocketAddr>>(),
         &state.policy.trusted_proxies,
-    ));
+    );
+    let ip = extract::rate_limit_key(address);
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -232,9 +240,11 @@ async fn rate_limit(
             limit: RateLimit::PerIp,
         });
     }
-    let hashing_limit = if route.ends_with("/signin") {
+    // Changing the password costs two hashes and checks a password as signin does.
+    let hashing_limit = if route.ends_with("/signin") || route.ends_with("/password") {
         Some(state.policy.signin_rate_limit_per_minute)
     } else if route.ends_with("/verify") {
+        // Both verifies: the sign-up code's and the recovery code's.
         Some(state.policy.verify_rate_limit_per_minute)
     } else {
         None
@@ -256,6 +266,9 @@ async fn rate_limit(
         }
     }
     request.extensions_mut().insert(ClientBucket(ip));
+    request
+        .extensions_mut()
+        .insert(sessions::ClientAddress(address));
     Ok(next.run(request).await)
 }
 

@@ -26,7 +26,8 @@ const BEARER_SCHEME: &str = "bearer";
     info(
         title = "broker-auth",
         description = "Sign up with an emailed one-time code, sign in with a password, and hold a \
-            revocable session (cookie or Bearer token).\n\n\
+            revocable session (cookie or Bearer token); recover a forgotten password with a \
+            mailed code, change it, and list and end sessions.\n\n\
             Every error is JSON: `{\"error\":{\"code\":\"…\",\"message\":\"…\",\"fields\":{…}}}`, \
             `fields` only on 422. Besides the answers listed per operation, any path answers \
             **404** `not_found` when it does not exist, **405** `method_not_allowed` (with \
@@ -50,6 +51,8 @@ const BEARER_SCHEME: &str = "bearer";
     ),
     tags(
         (name = "auth", description = "Signup, verification, signin and sessions (`/api/v1/auth`)"),
+        (name = "account", description = "Password recovery and change (`/api/v1/auth`)"),
+        (name = "sessions", description = "The signed-in user's sessions: list and end them (`/api/v1/auth`)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "ui", description = "The web UI's static files"),
     )

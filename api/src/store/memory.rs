@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -6,7 +6,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{CodeAttempt, CodeHold, CodeRecord, EphemeralStore, Result, Session};
+use uuid::Uuid;
+
+use super::{
+    CodeAttempt, CodeHold, CodeRecord, EphemeralStore, Result, Revocation, RevokedBefore, Session,
+    is_valid,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Value {
@@ -14,6 +19,10 @@ enum Value {
     Session(Session),
     Flag,
     Counter(u64),
+    /// A user's session ids (`sessions:{user}`).
+    Index(BTreeSet<String>),
+    /// A user's revocation mark (`sessions-before:{user}`).
+    Revoked(RevokedBefore),
 }
 
 #[derive(Debug)]
@@ -74,6 +83,86 @@ impl Map {
 
 fn key(kind: &str, id: &str) -> String {
     format!("{kind}:{id}")
+}
+
+impl Map {
+    fn session(&mut self, jti: &str, now: Instant) -> Option<Session> {
+        match self.live(&key("session", jti), now) {
+            Some(Entry {
+                value: Value::Session(session),
+                ..
+            }) => Some(session.clone()),
+            _ => None,
+        }
+    }
+
+    fn revoked(&mut self, user: &str, now: Instant) -> Option<RevokedBefore> {
+        match self.live(&key("sessions-before", user), now) {
+            Some(Entry {
+                value: Value::Revoked(revoked),
+                ..
+            }) => Some(revoked.clone()),
+            _ => None,
+        }
+    }
+
+    /// Adds `jti` to the user's index (created if missing), which then lives at least `ttl`.
+    fn add_to_index(&mut self, user: &str, jti: &str, ttl: Duration, now: Instant) {
+        let index_key = key("sessions", user);
+        let taken = self.live(&index_key, now).map(|entry| {
+            (
+                std::mem::replace(&mut entry.value, Value::Flag),
+                entry.expires,
+            )
+        });
+        let (mut ids, expires) = match taken {
+            Some((Value::Index(ids), expires)) => (ids, expires.max(now + ttl)),
+            _ => (BTreeSet::new(), now + ttl),
+        };
+        ids.insert(jti.to_owned());
+        self.entries.insert(
+            index_key,
+            Entry {
+                value: Value::Index(ids),
+                expires,
+            },
+        );
+    }
+
+    fn index_ids(&mut self, user: &str, now: Instant) -> Vec<String> {
+        match self.live(&key("sessions", user), now) {
+            Some(Entry {
+                value: Value::Index(ids),
+                ..
+            }) => ids.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn unindex(&mut self, user: &str, jti: &str) -> bool {
+        match self.entries.get_mut(&key("sessions", user)) {
+            Some(Entry {
+                value: Value::Index(ids),
+                ..
+            }) => ids.remove(jti),
+            _ => false,
+        }
+    }
+
+    /// Raises the user's revocation mark to `mark` unless a later one stands.
+    fn raise_mark(
+        &mut self,
+        user: &str,
+        mark: RevokedBefore,
+        strictly: bool,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        let current = self.revoked(user, now).map_or(0, |r| r.at_ms);
+        if mark.at_ms > current || (!strictly && mark.at_ms == current) {
+            self.insert(key("sessions-before", user), Value::Revoked(mark), ttl, now);
+        }
+    }
 }
 
 /// One entry of a snapshot file: the value and when it expires (Unix milliseconds), so time
@@ -307,32 +396,123 @@ impl EphemeralStore for MemoryStore {
         Ok(())
     }
 
-    async fn put_session(&self, jti: &str, session: &Session, ttl: Duration) -> Result<()> {
+    async fn put_session(
+        &self,
+        jti: &str,
+        session: &Session,
+        ttl: Duration,
+        revoke_before_ms: Option<u64>,
+    ) -> Result<()> {
+        let user = session.user.id.to_string();
         self.with(|map, now| {
             map.insert(
                 key("session", jti),
                 Value::Session(session.clone()),
                 ttl,
                 now,
-            )
+            );
+            map.add_to_index(&user, jti, ttl, now);
+            if let Some(at_ms) = revoke_before_ms {
+                let mark = RevokedBefore { at_ms, keep: None };
+                map.raise_mark(&user, mark, true, ttl, now);
+            }
         });
         Ok(())
     }
 
-    async fn session(&self, jti: &str) -> Result<Option<Session>> {
-        let key = key("session", jti);
-        Ok(self.with(|map, now| match map.live(&key, now) {
-            Some(Entry {
-                value: Value::Session(session),
-                ..
-            }) => Some(session.clone()),
-            _ => None,
+    async fn session(&self, jti: &str, user_id: Uuid) -> Result<Option<Session>> {
+        Ok(self.with(|map, now| {
+            let session = map.session(jti, now)?;
+            let revoked = map.revoked(&user_id.to_string(), now);
+            is_valid(&session, jti, user_id, revoked.as_ref()).then_some(session)
         }))
     }
 
-    async fn delete_session(&self, jti: &str) -> Result<()> {
-        self.with(|map, _| map.entries.remove(&key("session", jti)));
+    async fn touch_session(&self, jti: &str, session: &Session) -> Result<()> {
+        self.with(|map, now| {
+            if let Some(entry) = map.live(&key("session", jti), now) {
+                entry.value = Value::Session(session.clone());
+            }
+        });
         Ok(())
+    }
+
+    async fn delete_session(&self, user_id: Uuid, jti: &str) -> Result<()> {
+        self.with(|map, _| {
+            map.entries.remove(&key("session", jti));
+            map.unindex(&user_id.to_string(), jti);
+        });
+        Ok(())
+    }
+
+    async fn end_user_session(&self, user_id: Uuid, jti: &str) -> Result<bool> {
+        Ok(self.with(|map, now| {
+            if !map.unindex(&user_id.to_string(), jti) {
+                return false;
+            }
+            map.live(&key("session", jti), now).is_some()
+                && map.entries.remove(&key("session", jti)).is_some()
+        }))
+    }
+
+    async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<(String, Session)>> {
+        let user = user_id.to_string();
+        Ok(self.with(|map, now| {
+            let revoked = map.revoked(&user, now);
+            let mut live = Vec::new();
+            for jti in map.index_ids(&user, now) {
+                match map.session(&jti, now) {
+                    Some(session) => {
+                        if is_valid(&session, &jti, user_id, revoked.as_ref()) {
+                            live.push((jti, session));
+                        }
+                    }
+                    None => {
+                        map.unindex(&user, &jti);
+                    }
+                }
+            }
+            live
+        }))
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        revocation: Revocation<'_>,
+        ttl: Duration,
+    ) -> Result<u64> {
+        let user = user_id.to_string();
+        Ok(self.with(|map, now| {
+            let mut ended = 0;
+            for jti in map.index_ids(&user, now) {
+                if revocation.keep == Some(jti.as_str()) {
+                    continue;
+                }
+                map.unindex(&user, &jti);
+                if map.live(&key("session", &jti), now).is_some() {
+                    map.entries.remove(&key("session", &jti));
+                    ended += 1;
+                }
+            }
+            if let Some(at_ms) = revocation.revoke_before_ms {
+                let mark = RevokedBefore {
+                    at_ms,
+                    keep: revocation.keep.map(str::to_owned),
+                };
+                map.raise_mark(&user, mark, false, ttl, now);
+            }
+            if let Some((jti, session)) = revocation.start {
+                map.insert(
+                    key("session", jti),
+                    Value::Session(session.clone()),
+                    ttl,
+                    now,
+                );
+                map.add_to_index(&user, jti, ttl, now);
+            }
+            ended
+        }))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -4,7 +4,12 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{CodeAttempt, CodeRecord, EphemeralStore, Result, Session, StoreError};
+use uuid::Uuid;
+
+use super::{
+    CodeAttempt, CodeRecord, EphemeralStore, Result, Revocation, RevokedBefore, Session,
+    StoreError, is_valid,
+};
 
 /// Counts the attempt before anything is compared. Past the limit the code is burned: every
 /// later attempt is refused until it expires or a new code replaces it. The key is not deleted,
@@ -70,8 +75,72 @@ redis.call('SET', KEYS[1], 1, 'PX', next)
 return 0
 ";
 
-/// The Redis-backed store. Keys: `{prefix}otp:{email}`, `{prefix}session:{jti}`,
-/// `{prefix}cooldown:{key}`, `{prefix}rate:{key}`, `{prefix}throttle:{key}`.
+/// Stores a session and indexes it under its user (KEYS: session, index, revocation mark;
+/// ARGV: json, ttl ms, jti, revoke-before ms or 0). All of a user's sessions have the same
+/// lifetime, so the index lives as long as the newest.
+const PUT_SESSION: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+local before = tonumber(ARGV[4])
+if before > 0 then
+  local mark = redis.call('GET', KEYS[3])
+  local at = mark and tonumber(string.match(mark, '^(%d+)')) or 0
+  if before > at then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2]) end
+end
+return 1
+";
+
+/// Rewrites a session that still exists, keeping its expiry: a revoked one stays revoked.
+const TOUCH_SESSION: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 1
+end
+return 0
+";
+
+/// Ends a session only if it is in the user's index (KEYS: index, session; ARGV: jti).
+const END_USER_SESSION: &str = r"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then return redis.call('DEL', KEYS[2]) end
+return 0
+";
+
+/// Ends every indexed session of a user but one (KEYS: index, revocation mark; ARGV: session
+/// key prefix, kept jti or '', revoke-before ms or 0, ttl ms, new jti or '', new session json).
+/// One script, so a session being started at the same moment is either ended here or started
+/// after. The session keys are derived from the index, so this needs a single Redis (not a
+/// cluster), as the rest of the store does.
+const REVOKE_SESSIONS: &str = r"
+local ended = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if id ~= ARGV[2] then
+    ended = ended + redis.call('DEL', ARGV[1] .. id)
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+local before = tonumber(ARGV[3])
+if before > 0 then
+  local mark = redis.call('GET', KEYS[2])
+  local at = mark and tonumber(string.match(mark, '^(%d+)')) or 0
+  if before >= at then
+    local value = ARGV[3]
+    if ARGV[2] ~= '' then value = value .. ':' .. ARGV[2] end
+    redis.call('SET', KEYS[2], value, 'PX', ARGV[4])
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('SET', ARGV[1] .. ARGV[5], ARGV[6], 'PX', ARGV[4])
+  redis.call('SADD', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return ended
+";
+
+/// The Redis-backed store. Keys: `{prefix}otp:{email}` (and `otp:recovery:{email}`),
+/// `{prefix}session:{jti}`, `{prefix}sessions:{user id}` (the user's index: a set of jtis),
+/// `{prefix}sessions-before:{user id}` ([`RevokedBefore`]), `{prefix}cooldown:{key}`,
+/// `{prefix}rate:{key}`, `{prefix}throttle:{key}`.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -82,12 +151,24 @@ pub struct RedisStore {
     release_code: Script,
     hit: Script,
     throttle: Script,
+    put_session: Script,
+    touch_session: Script,
+    end_user_session: Script,
+    revoke_sessions: Script,
 }
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+fn to_json(session: &Session) -> Result<String> {
+    serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json(json: &str) -> Result<Session> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn from_pttl(pttl: i64) -> Duration {
@@ -118,6 +199,10 @@ impl RedisStore {
             release_code: Script::new(RELEASE_CODE),
             hit: Script::new(HIT),
             throttle: Script::new(THROTTLE),
+            put_session: Script::new(PUT_SESSION),
+            touch_session: Script::new(TOUCH_SESSION),
+            end_user_session: Script::new(END_USER_SESSION),
+            revoke_sessions: Script::new(REVOKE_SESSIONS),
         })
     }
 
@@ -295,27 +380,137 @@ impl EphemeralStore for RedisStore {
         Ok(())
     }
 
-    async fn put_session(&self, jti: &str, session: &Session, ttl: Duration) -> Result<()> {
-        let json =
-            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    async fn put_session(
+        &self,
+        jti: &str,
+        session: &Session,
+        ttl: Duration,
+        revoke_before_ms: Option<u64>,
+    ) -> Result<()> {
+        let user = session.user.id.to_string();
         let mut connection = self.connection.clone();
-        connection
-            .pset_ex::<_, _, ()>(self.key("session", jti), json, millis(ttl))
+        self.put_session
+            .key(self.key("session", jti))
+            .key(self.key("sessions", &user))
+            .key(self.key("sessions-before", &user))
+            .arg(to_json(session)?)
+            .arg(millis(ttl))
+            .arg(jti)
+            .arg(revoke_before_ms.unwrap_or(0))
+            .invoke_async::<i64>(&mut connection)
             .await?;
         Ok(())
     }
 
-    async fn session(&self, jti: &str) -> Result<Option<Session>> {
+    async fn session(&self, jti: &str, user_id: Uuid) -> Result<Option<Session>> {
         let mut connection = self.connection.clone();
-        let json: Option<String> = connection.get(self.key("session", jti)).await?;
-        json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
+        let (json, mark): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(self.key("session", jti))
+            .arg(self.key("sessions-before", &user_id.to_string()))
+            .query_async(&mut connection)
+            .await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let session = from_json(&json)?;
+        let revoked = mark.as_deref().and_then(RevokedBefore::decode);
+        Ok(is_valid(&session, jti, user_id, revoked.as_ref()).then_some(session))
     }
 
-    async fn delete_session(&self, jti: &str) -> Result<()> {
+    async fn touch_session(&self, jti: &str, session: &Session) -> Result<()> {
         let mut connection = self.connection.clone();
-        connection.del::<_, ()>(self.key("session", jti)).await?;
+        self.touch_session
+            .key(self.key("session", jti))
+            .arg(to_json(session)?)
+            .invoke_async::<i64>(&mut connection)
+            .await?;
         Ok(())
+    }
+
+    async fn delete_session(&self, user_id: Uuid, jti: &str) -> Result<()> {
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .del(self.key("session", jti))
+            .srem(self.key("sessions", &user_id.to_string()), jti)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn end_user_session(&self, user_id: Uuid, jti: &str) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let ended: i64 = self
+            .end_user_session
+            .key(self.key("sessions", &user_id.to_string()))
+            .key(self.key("session", jti))
+            .arg(jti)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(ended == 1)
+    }
+
+    async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<(String, Session)>> {
+        let user = user_id.to_string();
+        let index = self.key("sessions", &user);
+        let mut connection = self.connection.clone();
+        let jtis: Vec<String> = connection.smembers(&index).await?;
+        if jtis.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        get.arg(self.key("sessions-before", &user));
+        for jti in &jtis {
+            get.arg(self.key("session", jti));
+        }
+        let mut values: Vec<Option<String>> = get.query_async(&mut connection).await?;
+        let mark = values.remove(0);
+        let revoked = mark.as_deref().and_then(RevokedBefore::decode);
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for (jti, json) in jtis.into_iter().zip(values) {
+            match json {
+                Some(json) => {
+                    let session = from_json(&json)?;
+                    if is_valid(&session, &jti, user_id, revoked.as_ref()) {
+                        live.push((jti, session));
+                    }
+                }
+                None => gone.push(jti),
+            }
+        }
+        if !gone.is_empty() {
+            // Expired sessions leave their ids behind; drop them so the index stays small.
+            connection.srem::<_, _, ()>(&index, gone).await?;
+        }
+        Ok(live)
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        revocation: Revocation<'_>,
+        ttl: Duration,
+    ) -> Result<u64> {
+        let user = user_id.to_string();
+        let (new_jti, new_json) = match revocation.start {
+            Some((jti, session)) => (jti, to_json(session)?),
+            None => ("", String::new()),
+        };
+        let mut connection = self.connection.clone();
+        let ended: u64 = self
+            .revoke_sessions
+            .key(self.key("sessions", &user))
+            .key(self.key("sessions-before", &user))
+            .arg(format!("{}session:", self.prefix))
+            .arg(revocation.keep.unwrap_or(""))
+            .arg(revocation.revoke_before_ms.unwrap_or(0))
+            .arg(millis(ttl))
+            .arg(new_jti)
+            .arg(new_json)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(ended)
     }
 
     async fn ping(&self) -> Result<()> {

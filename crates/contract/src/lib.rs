@@ -167,6 +167,11 @@ pub struct AuthenticationLookup {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// When the password was last changed (Unix milliseconds, the database's clock); `None`
+    /// when it never was, or from a worker that predates password changes. The API refuses
+    /// sessions started before it, even one whose revocation was missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_changed_at_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -174,6 +179,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password_hash", &"<redacted>")
+            .field("password_changed_at_ms", &self.password_changed_at_ms)
             .finish()
     }
 }
@@ -182,6 +188,42 @@ impl std::fmt::Debug for Credentials {
 pub struct AuthenticationResult {
     /// `None` when no account has this email.
     pub account: Option<Credentials>,
+}
+
+/// `user-password-update-request`: set a new password for the account with this email. The
+/// password arrives already hashed. Idempotent by request id, bound to its content by
+/// `request_digest` as creation requests are.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordUpdate {
+    pub email: String,
+    pub password_hash: String,
+    /// A keyed digest (64 hex digits) of the email and the new password, computed by the API:
+    /// a retry of the same change has the same digest although its bcrypt hash differs. The
+    /// directory refuses a request id seen before with another digest (`request_conflict`).
+    pub request_digest: String,
+}
+
+impl std::fmt::Debug for PasswordUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordUpdate")
+            .field("email", &self.email)
+            .field("password_hash", &"<redacted>")
+            .field("request_digest", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum PasswordUpdateResult {
+    /// The password is set; sessions started before `password_changed_at_ms` (Unix
+    /// milliseconds, the database's clock) are no longer valid.
+    Updated {
+        user: User,
+        password_changed_at_ms: i64,
+    },
+    /// No account has this email.
+    UnknownUser,
 }
 
 /// The reply body: the result, or a rejection of a request the worker could decode but not accept.
@@ -220,12 +262,20 @@ impl DirectoryRpc for Authenticate {
     type Response = AuthenticationResult;
 }
 
+pub struct UpdatePassword;
+impl DirectoryRpc for UpdatePassword {
+    const KIND: RequestKind = RequestKind::PasswordUpdate;
+    type Request = PasswordUpdate;
+    type Response = PasswordUpdateResult;
+}
+
 /// Any request of the user directory, as the worker sees it after decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryRequest {
     ExistenceCheck(ExistenceCheck),
     UserCreation(UserCreation),
     Authentication(AuthenticationLookup),
+    PasswordUpdate(PasswordUpdate),
 }
 
 impl DirectoryRequest {
@@ -246,6 +296,7 @@ impl DirectoryRequest {
             RequestKind::ExistenceCheck => map(bytes, DirectoryRequest::ExistenceCheck),
             RequestKind::UserCreation => map(bytes, DirectoryRequest::UserCreation),
             RequestKind::Authentication => map(bytes, DirectoryRequest::Authentication),
+            RequestKind::PasswordUpdate => map(bytes, DirectoryRequest::PasswordUpdate),
         }
     }
 
@@ -254,6 +305,7 @@ impl DirectoryRequest {
             DirectoryRequest::ExistenceCheck(_) => RequestKind::ExistenceCheck,
             DirectoryRequest::UserCreation(_) => RequestKind::UserCreation,
             DirectoryRequest::Authentication(_) => RequestKind::Authentication,
+            DirectoryRequest::PasswordUpdate(_) => RequestKind::PasswordUpdate,
         }
     }
 
@@ -263,6 +315,7 @@ impl DirectoryRequest {
             DirectoryRequest::ExistenceCheck(r) => &r.email,
             DirectoryRequest::UserCreation(r) => &r.email,
             DirectoryRequest::Authentication(r) => &r.email,
+            DirectoryRequest::PasswordUpdate(r) => &r.email,
         }
     }
 }
@@ -273,6 +326,7 @@ pub enum DirectoryReply {
     ExistenceCheck(Reply<ExistenceResult>),
     UserCreation(Reply<UserCreationResult>),
     Authentication(Reply<AuthenticationResult>),
+    PasswordUpdate(Reply<PasswordUpdateResult>),
 }
 
 impl DirectoryReply {
@@ -283,6 +337,7 @@ impl DirectoryReply {
             RequestKind::ExistenceCheck => Self::ExistenceCheck(Reply::Rejected { code, message }),
             RequestKind::UserCreation => Self::UserCreation(Reply::Rejected { code, message }),
             RequestKind::Authentication => Self::Authentication(Reply::Rejected { code, message }),
+            RequestKind::PasswordUpdate => Self::PasswordUpdate(Reply::Rejected { code, message }),
         }
     }
 
@@ -291,7 +346,8 @@ impl DirectoryReply {
         match self {
             Self::ExistenceCheck(Reply::Rejected { code, message })
             | Self::UserCreation(Reply::Rejected { code, message })
-            | Self::Authentication(Reply::Rejected { code, message }) => Some((code, message)),
+            | Self::Authentication(Reply::Rejected { code, message })
+            | Self::PasswordUpdate(Reply::Rejected { code, message }) => Some((code, message)),
             _ => None,
         }
     }
@@ -302,6 +358,7 @@ impl DirectoryReply {
             DirectoryReply::ExistenceCheck(r) => Envelope::new(request_id, r).to_json(),
             DirectoryReply::UserCreation(r) => Envelope::new(request_id, r).to_json(),
             DirectoryReply::Authentication(r) => Envelope::new(request_id, r).to_json(),
+            DirectoryReply::PasswordUpdate(r) => Envelope::new(request_id, r).to_json(),
         }
     }
 }
@@ -332,6 +389,13 @@ pub enum MailTemplate {
     },
     /// Sent instead of a code when the address already has an account.
     AccountExists,
+    /// The one-time code that lets a registered address set a new password.
+    RecoveryCode {
+        code: String,
+        expires_in_minutes: u32,
+    },
+    /// The notice that the account's password was changed and its other sessions ended.
+    PasswordChanged,
 }
 
 impl MailTemplate {
@@ -339,6 +403,8 @@ impl MailTemplate {
         match self {
             MailTemplate::SignupCode { .. } => "signup_code",
             MailTemplate::AccountExists => "account_exists",
+            MailTemplate::RecoveryCode { .. } => "recovery_code",
+            MailTemplate::PasswordChanged => "password_changed",
         }
     }
 }

@@ -75,6 +75,14 @@ impl MailSealKey {
                 expires_in_minutes,
             },
             MailTemplate::AccountExists => SealedMailTemplate::AccountExists,
+            MailTemplate::RecoveryCode {
+                code,
+                expires_in_minutes,
+            } => SealedMailTemplate::RecoveryCode {
+                sealed_code: self.seal_text(&mail.to, &code),
+                expires_in_minutes,
+            },
+            MailTemplate::PasswordChanged => SealedMailTemplate::PasswordChanged,
         };
         SealedMailRequest {
             to: mail.to,
@@ -93,6 +101,14 @@ impl MailSealKey {
                 expires_in_minutes,
             },
             SealedMailTemplate::AccountExists => MailTemplate::AccountExists,
+            SealedMailTemplate::RecoveryCode {
+                sealed_code,
+                expires_in_minutes,
+            } => MailTemplate::RecoveryCode {
+                code: self.open_text(&sealed.to, &sealed_code)?,
+                expires_in_minutes,
+            },
+            SealedMailTemplate::PasswordChanged => MailTemplate::PasswordChanged,
         };
         Ok(MailRequest {
             to: sealed.to,
@@ -159,6 +175,12 @@ pub enum SealedMailTemplate {
         expires_in_minutes: u32,
     },
     AccountExists,
+    /// The recovery code of a registered address, sealed like a sign-up code.
+    RecoveryCode {
+        sealed_code: String,
+        expires_in_minutes: u32,
+    },
+    PasswordChanged,
 }
 
 impl SealedMailTemplate {
@@ -166,6 +188,8 @@ impl SealedMailTemplate {
         match self {
             SealedMailTemplate::SignupCode { .. } => "signup_code",
             SealedMailTemplate::AccountExists => "account_exists",
+            SealedMailTemplate::RecoveryCode { .. } => "recovery_code",
+            SealedMailTemplate::PasswordChanged => "password_changed",
         }
     }
 }

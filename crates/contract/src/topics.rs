@@ -1,18 +1,20 @@
 use crate::ContractError;
 
-/// The three user-directory request kinds, each with a request topic and a reply topic.
+/// The user-directory request kinds, each with a request topic and a reply topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
     ExistenceCheck,
     UserCreation,
     Authentication,
+    PasswordUpdate,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 3] = [
+    pub const ALL: [RequestKind; 4] = [
         RequestKind::ExistenceCheck,
         RequestKind::UserCreation,
         RequestKind::Authentication,
+        RequestKind::PasswordUpdate,
     ];
 
     /// The seed's topic name for requests of this kind, before the prefix.
@@ -21,6 +23,7 @@ impl RequestKind {
             RequestKind::ExistenceCheck => "user-existence-check",
             RequestKind::UserCreation => "user-creation-request",
             RequestKind::Authentication => "user-authentication-request",
+            RequestKind::PasswordUpdate => "user-password-update-request",
         }
     }
 
@@ -30,6 +33,7 @@ impl RequestKind {
             RequestKind::ExistenceCheck => "user-existence-response",
             RequestKind::UserCreation => "user-creation-response",
             RequestKind::Authentication => "user-authentication-response",
+            RequestKind::PasswordUpdate => "user-password-update-response",
         }
     }
 
@@ -39,6 +43,7 @@ impl RequestKind {
             RequestKind::ExistenceCheck => "existence_check",
             RequestKind::UserCreation => "user_creation",
             RequestKind::Authentication => "authentication",
+            RequestKind::PasswordUpdate => "password_update",
         }
     }
 }
@@ -291,7 +296,7 @@ mod tests {
             topics.reply(RequestKind::Authentication),
             "user-authentication-response"
         );
-        assert_eq!(topics.all().len(), 8);
+        assert_eq!(topics.all().len(), 10);
     }
 
     #[test]

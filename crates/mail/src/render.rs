@@ -39,11 +39,7 @@ pub fn render(template: &MailTemplate) -> Result<RenderedMail> {
             code,
             expires_in_minutes,
         } => {
-            let minutes = if *expires_in_minutes == 1 {
-                "1 minute".to_owned()
-            } else {
-                format!("{expires_in_minutes} minutes")
-            };
+            let minutes = minutes_text(*expires_in_minutes);
             RenderedMail {
                 subject: "Your sign-up code".to_owned(),
                 text: format!(
@@ -65,6 +61,49 @@ pub fn render(template: &MailTemplate) -> Result<RenderedMail> {
                 ),
             }
         }
+        MailTemplate::RecoveryCode {
+            code,
+            expires_in_minutes,
+        } => {
+            let minutes = minutes_text(*expires_in_minutes);
+            RenderedMail {
+                subject: "Your password recovery code".to_owned(),
+                text: format!(
+                    "Hello,\n\n\
+                     your password recovery code is: {code}\n\n\
+                     Enter it on the password recovery page, with a new password. It expires \
+                     in {minutes} and works once. Setting the new password signs you out \
+                     everywhere else.\n\n\
+                     If you did not ask to recover your password, you can ignore this email; \
+                     your password stays as it is.\n"
+                ),
+                html: format!(
+                    "<p>Hello,</p>\
+                     <p>your password recovery code is: <strong style=\"font-size:1.4em;letter-spacing:0.2em\">{}</strong></p>\
+                     <p>Enter it on the password recovery page, with a new password. It expires \
+                     in {minutes} and works once. Setting the new password signs you out \
+                     everywhere else.</p>\
+                     <p>If you did not ask to recover your password, you can ignore this email; \
+                     your password stays as it is.</p>",
+                    escape_html(code)
+                ),
+            }
+        }
+        MailTemplate::PasswordChanged => RenderedMail {
+            subject: "Your password was changed".to_owned(),
+            text: "Hello,\n\n\
+                   the password of your account was just changed, and every other session of \
+                   the account was signed out.\n\n\
+                   If this was not you, recover your password at once with \"Forgot \
+                   password?\" on the sign-in page, and tell our support.\n"
+                .to_owned(),
+            html: "<p>Hello,</p>\
+                   <p>the password of your account was just changed, and every other session of \
+                   the account was signed out.</p>\
+                   <p>If this was not you, recover your password at once with \"Forgot \
+                   password?\" on the sign-in page, and tell our support.</p>"
+                .to_owned(),
+        },
         MailTemplate::AccountExists => RenderedMail {
             subject: "You already have an account".to_owned(),
             text: "Hello,\n\n\
@@ -81,25 +120,37 @@ pub fn render(template: &MailTemplate) -> Result<RenderedMail> {
     })
 }
 
+fn minutes_text(minutes: u32) -> String {
+    if minutes == 1 {
+        "1 minute".to_owned()
+    } else {
+        format!("{minutes} minutes")
+    }
+}
+
 fn check_template(template: &MailTemplate) -> Result<()> {
     match template {
         MailTemplate::SignupCode {
             code,
             expires_in_minutes,
+        }
+        | MailTemplate::RecoveryCode {
+            code,
+            expires_in_minutes,
         } => {
             if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(MailError::InvalidTemplate(
-                    "a signup code must be exactly six digits",
+                    "a code must be exactly six digits",
                 ));
             }
             if !(1..=MAX_EXPIRES_IN_MINUTES).contains(expires_in_minutes) {
                 return Err(MailError::InvalidTemplate(
-                    "a signup code must expire within 1 to 1440 minutes",
+                    "a code must expire within 1 to 1440 minutes",
                 ));
             }
             Ok(())
         }
-        MailTemplate::AccountExists => Ok(()),
+        MailTemplate::AccountExists | MailTemplate::PasswordChanged => Ok(()),
     }
 }
 
@@ -174,6 +225,27 @@ mod tests {
         assert!(rendered.text.contains("5 minutes"));
         assert!(rendered.html.contains("004217"));
         assert!(!format!("{rendered:?}").contains("004217"));
+    }
+
+    #[test]
+    fn a_recovery_mail_shows_its_code_and_a_password_notice_none() {
+        let rendered = render(&MailTemplate::RecoveryCode {
+            code: "730019".into(),
+            expires_in_minutes: 1,
+        })
+        .unwrap();
+        assert!(rendered.text.contains("recovery code is: 730019"));
+        assert!(rendered.text.contains("1 minute"));
+        assert!(rendered.html.contains("730019"));
+        assert!(!format!("{rendered:?}").contains("730019"));
+        let notice = render(&MailTemplate::PasswordChanged).unwrap();
+        assert!(notice.subject.contains("password was changed"));
+        assert!(!notice.text.chars().any(|c| c.is_ascii_digit()));
+        let bad = MailTemplate::RecoveryCode {
+            code: "<b>1</b>".into(),
+            expires_in_minutes: 5,
+        };
+        assert!(matches!(render(&bad), Err(MailError::InvalidTemplate(_))));
     }
 
     #[test]

@@ -2,12 +2,12 @@ use std::sync::Arc;
 
 use broker_auth_contract::{
     AuthenticationLookup, AuthenticationResult, DirectoryReply, DirectoryRequest, ExistenceCheck,
-    ExistenceResult, Reply, UserCreation,
+    ExistenceResult, PasswordUpdate, PasswordUpdateResult, Reply, UserCreation,
 };
 use uuid::Uuid;
 
 use crate::validation::{self, Rejection, codes};
-use crate::{CreationOutcome, Result, UserRepository};
+use crate::{RecordedOutcome, Result, UserRepository};
 
 /// The one handler of user-directory requests, whatever transport brought them.
 ///
@@ -48,6 +48,9 @@ impl UserDirectory {
             DirectoryRequest::Authentication(lookup) => {
                 DirectoryReply::Authentication(self.authenticate(lookup).await?)
             }
+            DirectoryRequest::PasswordUpdate(update) => {
+                DirectoryReply::PasswordUpdate(self.update_password(request_id, update).await?)
+            }
         };
         if let Some((code, _)) = reply.rejection() {
             tracing::info!(%request_id, kind = kind.label(), code, "directory request rejected");
@@ -77,17 +80,27 @@ impl UserDirectory {
         if let Err(rejection) = checks {
             return Ok(rejected(rejection));
         }
-        match self.repository.create_user(request_id, &creation).await? {
-            CreationOutcome::Handled(result) => Ok(Reply::Ok { result }),
-            CreationOutcome::RequestIdReused => Ok(rejected(Rejection {
-                code: codes::REQUEST_ID_REUSED,
-                message: "this request id was already used for another email",
-            })),
-            CreationOutcome::ContentConflict => Ok(rejected(Rejection {
-                code: codes::REQUEST_CONFLICT,
-                message: "this request id was already used with another name or password",
-            })),
+        Ok(answer(
+            self.repository.create_user(request_id, &creation).await?,
+            "this request id was already used with another name or password",
+        ))
+    }
+
+    async fn update_password(
+        &self,
+        request_id: Uuid,
+        update: PasswordUpdate,
+    ) -> Result<Reply<PasswordUpdateResult>> {
+        let checks = validation::check_email(&update.email)
+            .and_then(|()| validation::check_password_hash(&update.password_hash))
+            .and_then(|()| validation::check_request_digest(Some(&update.request_digest)));
+        if let Err(rejection) = checks {
+            return Ok(rejected(rejection));
         }
+        Ok(answer(
+            self.repository.update_password(request_id, &update).await?,
+            "this request id was already used with another password",
+        ))
     }
 
     async fn authenticate(
@@ -101,6 +114,21 @@ impl UserDirectory {
         Ok(Reply::Ok {
             result: AuthenticationResult { account },
         })
+    }
+}
+
+/// The reply to a recorded request: its result, or why the request id cannot have one.
+fn answer<T>(outcome: RecordedOutcome<T>, conflict: &'static str) -> Reply<T> {
+    match outcome {
+        RecordedOutcome::Handled(result) => Reply::Ok { result },
+        RecordedOutcome::RequestIdReused => rejected(Rejection {
+            code: codes::REQUEST_ID_REUSED,
+            message: "this request id was already used for another email",
+        }),
+        RecordedOutcome::ContentConflict => rejected(Rejection {
+            code: codes::REQUEST_CONFLICT,
+            message: conflict,
+        }),
     }
 }
 

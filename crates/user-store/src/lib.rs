@@ -17,7 +17,7 @@ pub use directory::UserDirectory;
 pub use error::StoreError;
 pub use postgres::PostgresUserRepository;
 pub use records::{Pruned, RequestRecords, prune_expired, prune_periodically};
-pub use repository::{CreationOutcome, UserRepository};
+pub use repository::{CreationOutcome, PasswordUpdateOutcome, RecordedOutcome, UserRepository};
 pub use sqlite::SqliteUserRepository;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,14 +1,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{Credentials, User, UserCreation};
+use broker_auth_contract::{Credentials, PasswordUpdate, PasswordUpdateResult, User, UserCreation};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::records::{Pruned, RequestRecords};
-use crate::repository::{RecordedCreation, creation_result};
-use crate::{CreationOutcome, Result, StoreError, UserRepository};
+use crate::repository::{
+    OUTCOME_UNKNOWN_USER, OUTCOME_UPDATED, RecordedCreation, RecordedUpdate, creation_result,
+};
+use crate::{
+    CreationOutcome, PasswordUpdateOutcome, RecordedOutcome, Result, StoreError, UserRepository,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -75,6 +79,81 @@ impl PostgresUserRepository {
     }
 }
 
+/// A `timestamptz` as Unix milliseconds, in SQL.
+const MILLIS: &str = "(extract(epoch from {}) * 1000)::bigint";
+
+fn millis(column: &str) -> String {
+    MILLIS.replace("{}", column)
+}
+
+impl PostgresUserRepository {
+    async fn try_update_password(
+        &self,
+        request_id: Uuid,
+        update: &PasswordUpdate,
+    ) -> Result<PasswordUpdateOutcome> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(recorded) = recorded_update(&mut tx, request_id).await? {
+            return recorded.into_outcome(update);
+        }
+        let updated: Option<(Uuid, String, String, i64)> = sqlx::query_as(&format!(
+            "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE email = $1 \
+             RETURNING id, email, name, {}",
+            millis("password_changed_at")
+        ))
+        .bind(&update.email)
+        .bind(&update.password_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (outcome, user_id, result) = match updated {
+            Some((id, email, name, changed_at)) => (
+                OUTCOME_UPDATED,
+                Some(id),
+                PasswordUpdateResult::Updated {
+                    user: User { id, email, name },
+                    password_changed_at_ms: changed_at,
+                },
+            ),
+            None => (
+                OUTCOME_UNKNOWN_USER,
+                None,
+                PasswordUpdateResult::UnknownUser,
+            ),
+        };
+        // The user row's own timestamp, so a redelivery answers exactly what this one did.
+        sqlx::query(
+            "INSERT INTO user_password_updates \
+             (request_id, email, request_digest, outcome, user_id, password_changed_at) \
+             VALUES ($1, $2, $3, $4, $5, (SELECT password_changed_at FROM users WHERE id = $5))",
+        )
+        .bind(request_id)
+        .bind(&update.email)
+        .bind(&update.request_digest)
+        .bind(outcome)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RecordedOutcome::Handled(result))
+    }
+}
+
+async fn recorded_update(
+    tx: &mut Transaction<'_, Postgres>,
+    request_id: Uuid,
+) -> Result<Option<RecordedUpdate>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedUpdate>(&format!(
+        "SELECT r.email, r.request_digest, r.outcome, {} AS changed_at_ms, \
+         u.id AS user_id, u.email AS user_email, u.name AS user_name \
+         FROM user_password_updates r LEFT JOIN users u ON u.id = r.user_id \
+         WHERE r.request_id = $1",
+        millis("r.password_changed_at")
+    ))
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 async fn recorded_creation(
     tx: &mut Transaction<'_, Postgres>,
     request_id: Uuid,
@@ -89,9 +168,9 @@ async fn recorded_creation(
     .await
 }
 
-fn is_request_id_race(error: &StoreError) -> bool {
+fn is_request_id_race(error: &StoreError, table: &str) -> bool {
     matches!(error, StoreError::Query(sqlx::Error::Database(e))
-        if e.is_unique_violation() && e.constraint() == Some("user_creation_requests_pkey"))
+        if e.is_unique_violation() && e.constraint() == Some(&format!("{table}_pkey")))
 }
 
 #[async_trait]
@@ -116,15 +195,40 @@ impl UserRepository for PostgresUserRepository {
     }
 
     async fn find_credentials(&self, email: &str) -> Result<Option<Credentials>> {
-        let row: Option<(Uuid, String, String, String)> =
-            sqlx::query_as("SELECT id, email, name, password_hash FROM users WHERE email = $1")
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(id, email, name, password_hash)| Credentials {
-            user: User { id, email, name },
-            password_hash,
-        }))
+        let row: Option<(Uuid, String, String, String, Option<i64>)> = sqlx::query_as(&format!(
+            "SELECT id, email, name, password_hash, {} FROM users WHERE email = $1",
+            millis("password_changed_at")
+        ))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(id, email, name, password_hash, password_changed_at_ms)| Credentials {
+                user: User { id, email, name },
+                password_hash,
+                password_changed_at_ms,
+            },
+        ))
+    }
+
+    async fn update_password(
+        &self,
+        request_id: Uuid,
+        update: &PasswordUpdate,
+    ) -> Result<PasswordUpdateOutcome> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_update_password(request_id, update).await {
+                Err(error)
+                    if is_request_id_race(&error, "user_password_updates")
+                        && attempt < CREATION_RACE_RETRIES =>
+                {
+                    tracing::debug!(%request_id, "lost a race on a password update request id; reading the recorded outcome");
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn create_user(&self, request_id: Uuid, user: &UserCreation) -> Result<CreationOutcome> {
@@ -132,7 +236,10 @@ impl UserRepository for PostgresUserRepository {
         loop {
             attempt += 1;
             match self.try_create_user(request_id, user).await {
-                Err(error) if is_request_id_race(&error) && attempt < CREATION_RACE_RETRIES => {
+                Err(error)
+                    if is_request_id_race(&error, "user_creation_requests")
+                        && attempt < CREATION_RACE_RETRIES =>
+                {
                     tracing::debug!(%request_id, "lost a race on a creation request id; reading the recorded outcome");
                 }
                 outcome => return outcome,
@@ -185,9 +292,21 @@ impl RequestRecords for PostgresUserRepository {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        let password_updates = sqlx::query(
+            "DELETE FROM user_password_updates WHERE request_id IN (\
+               SELECT request_id FROM user_password_updates \
+               WHERE handled_at < now() - make_interval(secs => $1) \
+               ORDER BY handled_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(seconds)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(Pruned {
             creation_requests,
             sent_mail,
+            password_updates,
         })
     }
 }

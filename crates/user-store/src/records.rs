@@ -23,11 +23,12 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 pub struct Pruned {
     pub creation_requests: u64,
     pub sent_mail: u64,
+    pub password_updates: u64,
 }
 
 impl Pruned {
     pub fn total(&self) -> u64 {
-        self.creation_requests + self.sent_mail
+        self.creation_requests + self.sent_mail + self.password_updates
     }
 }
 
@@ -52,8 +53,12 @@ pub async fn prune_expired(records: &dyn RequestRecords, max_age: Duration) -> R
         let pruned = records.prune_batch(max_age, PRUNE_BATCH).await?;
         total.creation_requests += pruned.creation_requests;
         total.sent_mail += pruned.sent_mail;
+        total.password_updates += pruned.password_updates;
         let batch = u64::from(PRUNE_BATCH);
-        if pruned.creation_requests < batch && pruned.sent_mail < batch {
+        if pruned.creation_requests < batch
+            && pruned.sent_mail < batch
+            && pruned.password_updates < batch
+        {
             return Ok(total);
         }
     }
@@ -73,6 +78,7 @@ pub async fn prune_periodically(
                 Ok(pruned) if pruned.total() > 0 => tracing::info!(
                     creation_requests = pruned.creation_requests,
                     sent_mail = pruned.sent_mail,
+                    password_updates = pruned.password_updates,
                     retention_secs = retention.as_secs(),
                     "pruned expired request records"
                 ),

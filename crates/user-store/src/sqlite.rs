@@ -2,7 +2,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use broker_auth_contract::{Credentials, User, UserCreation};
+use broker_auth_contract::{Credentials, PasswordUpdate, PasswordUpdateResult, User, UserCreation};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -10,8 +10,10 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::records::{Pruned, RequestRecords};
-use crate::repository::{RecordedCreation, creation_result};
-use crate::{CreationOutcome, Result, UserRepository};
+use crate::repository::{
+    OUTCOME_UNKNOWN_USER, OUTCOME_UPDATED, RecordedCreation, RecordedUpdate, creation_result,
+};
+use crate::{CreationOutcome, PasswordUpdateOutcome, RecordedOutcome, Result, UserRepository};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -61,6 +63,27 @@ fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
+async fn recorded_update(
+    tx: &mut Transaction<'_, Sqlite>,
+    request_id: Uuid,
+) -> Result<Option<RecordedUpdate>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedUpdate>(
+        "SELECT r.email, r.request_digest, r.outcome, r.password_changed_at AS changed_at_ms, \
+         u.id AS user_id, u.email AS user_email, u.name AS user_name \
+         FROM user_password_updates r LEFT JOIN users u ON u.id = r.user_id \
+         WHERE r.request_id = ?1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 async fn recorded_creation(
     tx: &mut Transaction<'_, Sqlite>,
     request_id: Uuid,
@@ -97,15 +120,71 @@ impl UserRepository for SqliteUserRepository {
     }
 
     async fn find_credentials(&self, email: &str) -> Result<Option<Credentials>> {
-        let row: Option<(Uuid, String, String, String)> =
-            sqlx::query_as("SELECT id, email, name, password_hash FROM users WHERE email = ?1")
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(id, email, name, password_hash)| Credentials {
-            user: User { id, email, name },
-            password_hash,
-        }))
+        let row: Option<(Uuid, String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, email, name, password_hash, password_changed_at FROM users WHERE email = ?1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(id, email, name, password_hash, password_changed_at_ms)| Credentials {
+                user: User { id, email, name },
+                password_hash,
+                password_changed_at_ms,
+            },
+        ))
+    }
+
+    async fn update_password(
+        &self,
+        request_id: Uuid,
+        update: &PasswordUpdate,
+    ) -> Result<PasswordUpdateOutcome> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(recorded) = recorded_update(&mut tx, request_id).await? {
+            return recorded.into_outcome(update);
+        }
+        let updated: Option<(Uuid, String, String, i64)> = sqlx::query_as(
+            "UPDATE users SET password_hash = ?2, password_changed_at = ?3 WHERE email = ?1 \
+             RETURNING id, email, name, password_changed_at",
+        )
+        .bind(&update.email)
+        .bind(&update.password_hash)
+        .bind(now_unix_ms())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (outcome, user_id, changed_at, result) = match updated {
+            Some((id, email, name, changed_at)) => (
+                OUTCOME_UPDATED,
+                Some(id),
+                Some(changed_at),
+                PasswordUpdateResult::Updated {
+                    user: User { id, email, name },
+                    password_changed_at_ms: changed_at,
+                },
+            ),
+            None => (
+                OUTCOME_UNKNOWN_USER,
+                None,
+                None,
+                PasswordUpdateResult::UnknownUser,
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO user_password_updates \
+             (request_id, email, request_digest, outcome, user_id, password_changed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(request_id)
+        .bind(&update.email)
+        .bind(&update.request_digest)
+        .bind(outcome)
+        .bind(user_id)
+        .bind(changed_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RecordedOutcome::Handled(result))
     }
 
     async fn create_user(&self, request_id: Uuid, user: &UserCreation) -> Result<CreationOutcome> {
@@ -138,7 +217,7 @@ impl UserRepository for SqliteUserRepository {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(CreationOutcome::Handled(result))
+        Ok(RecordedOutcome::Handled(result))
     }
 }
 
@@ -186,9 +265,21 @@ impl RequestRecords for SqliteUserRepository {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        let password_updates = sqlx::query(
+            "DELETE FROM user_password_updates WHERE rowid IN (\
+               SELECT rowid FROM user_password_updates \
+               WHERE handled_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+               ORDER BY handled_at LIMIT ?2)",
+        )
+        .bind(&age)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(Pruned {
             creation_requests,
             sent_mail,
+            password_updates,
         })
     }
 }
