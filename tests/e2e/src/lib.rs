@@ -563,6 +563,64 @@ impl Client {
             .expect("the API answers")
             .status()
     }
+
+    /// `POST /logout?scope={scope}`.
+    pub async fn logout_scope(&self, scope: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/logout?scope={scope}", self.base))
+            .send()
+            .await
+            .expect("the API answers");
+        read(response).await
+    }
+
+    pub async fn recover(&self, email: &str) -> (StatusCode, Value) {
+        self.post("/recover", json!({ "email": email })).await
+    }
+
+    pub async fn recover_verify(
+        &self,
+        email: &str,
+        otp: &str,
+        password: &str,
+    ) -> (StatusCode, Value) {
+        self.post(
+            "/recover/verify",
+            json!({ "email": email, "otp": otp, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn change_password(&self, current: &str, new: &str) -> (StatusCode, Value) {
+        self.post(
+            "/password",
+            json!({ "current_password": current, "password": new }),
+        )
+        .await
+    }
+
+    /// `GET /sessions`.
+    pub async fn sessions(&self) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}/sessions", self.base))
+            .send()
+            .await
+            .expect("the API answers");
+        read(response).await
+    }
+
+    /// `DELETE /sessions/{id}`.
+    pub async fn end_session(&self, id: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .delete(format!("{}/sessions/{id}", self.base))
+            .send()
+            .await
+            .expect("the API answers");
+        read(response).await
+    }
 }
 
 pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
