@@ -138,6 +138,68 @@ async fn a_redelivered_creation_request_is_answered_identically() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_password_update_is_answered_identically_and_applied_once() {
+    let harness = Harness::start("password-redelivery").await;
+    let mut replies = harness.reply_reader();
+    let email = "ada@example.com";
+    let created = harness
+        .request(
+            RequestKind::UserCreation,
+            Uuid::new_v4(),
+            json!({"email": email, "name": "Ada", "password_hash": HASH}),
+        )
+        .await;
+    assert_eq!(
+        replies.reply(&created).await.json()["result"]["outcome"],
+        "created"
+    );
+
+    let new_hash = "$2b$04$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0";
+    let request_id = Uuid::new_v4();
+    let update =
+        json!({"email": email, "password_hash": new_hash, "request_digest": "ab".repeat(32)});
+    let first = harness
+        .request(RequestKind::PasswordUpdate, request_id, update.clone())
+        .await;
+    let first = replies.reply(&first).await;
+    assert_eq!(
+        first.json()["result"]["outcome"],
+        "updated",
+        "{}",
+        first.json()
+    );
+    let changed_at = first.json()["result"]["password_changed_at_ms"].clone();
+    assert!(changed_at.is_i64(), "{}", first.json());
+
+    // Another change lands, then the first request is delivered again: it is answered as the
+    // first time and does not put its password back.
+    let other = harness
+        .request(
+            RequestKind::PasswordUpdate,
+            Uuid::new_v4(),
+            json!({"email": email, "password_hash": HASH, "request_digest": "cd".repeat(32)}),
+        )
+        .await;
+    replies.reply(&other).await;
+    let again = harness
+        .request(RequestKind::PasswordUpdate, request_id, update)
+        .await;
+    let again = replies.reply(&again).await;
+    assert_eq!(again.payload, first.payload);
+
+    let lookup = harness
+        .request(
+            RequestKind::Authentication,
+            Uuid::new_v4(),
+            json!({"email": email}),
+        )
+        .await;
+    let account = replies.reply(&lookup).await.json()["result"]["account"].clone();
+    assert_eq!(account["password_hash"], HASH);
+    assert!(account["password_changed_at_ms"].as_i64() >= changed_at.as_i64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_the_messages_after_them_answered() {
     let harness = Harness::start("poison").await;
     let mut replies = harness.reply_reader();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use broker_auth_contract::{
     AuthenticationLookup, AuthenticationResult, DirectoryReply, DirectoryRequest, ExistenceCheck,
-    ExistenceResult, Reply, UserCreation, UserCreationResult,
+    ExistenceResult, PasswordUpdate, PasswordUpdateResult, Reply, UserCreation, UserCreationResult,
 };
 use broker_auth_testkit::postgres::TestDatabase;
 use broker_auth_user_store::validation::codes;
@@ -123,9 +123,208 @@ fn rejection_code(reply: &DirectoryReply) -> Option<&str> {
     match reply {
         DirectoryReply::ExistenceCheck(Reply::Rejected { code, .. })
         | DirectoryReply::UserCreation(Reply::Rejected { code, .. })
-        | DirectoryReply::Authentication(Reply::Rejected { code, .. }) => Some(code),
+        | DirectoryReply::Authentication(Reply::Rejected { code, .. })
+        | DirectoryReply::PasswordUpdate(Reply::Rejected { code, .. }) => Some(code),
         _ => None,
     }
+}
+
+const NEW_HASH: &str = "$2b$04$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0";
+const CHANGE_DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const OTHER_DIGEST: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+fn password_update(email: &str, hash: &str, digest: &str) -> DirectoryRequest {
+    DirectoryRequest::PasswordUpdate(PasswordUpdate {
+        email: email.into(),
+        password_hash: hash.into(),
+        request_digest: digest.into(),
+    })
+}
+
+/// The credentials of `email`: its hash and the time of its last password change.
+async fn credentials_of(directory: &UserDirectory, email: &str) -> (String, Option<i64>) {
+    let reply = directory
+        .handle(Uuid::new_v4(), authentication(email))
+        .await
+        .unwrap();
+    let DirectoryReply::Authentication(Reply::Ok {
+        result: AuthenticationResult {
+            account: Some(credentials),
+        },
+    }) = reply
+    else {
+        panic!("expected credentials, got {reply:?}");
+    };
+    (
+        credentials.password_hash,
+        credentials.password_changed_at_ms,
+    )
+}
+
+fn updated(reply: &DirectoryReply) -> (broker_auth_contract::User, i64) {
+    match reply {
+        DirectoryReply::PasswordUpdate(Reply::Ok {
+            result:
+                PasswordUpdateResult::Updated {
+                    user,
+                    password_changed_at_ms,
+                },
+        }) => (user.clone(), *password_changed_at_ms),
+        other => panic!("expected an update, got {other:?}"),
+    }
+}
+
+async fn a_password_update_sets_the_hash_and_the_time_of_the_change(fixture: Fixture) {
+    let directory = fixture.directory;
+    let reply = directory
+        .handle(Uuid::new_v4(), creation("ada@example.com"))
+        .await
+        .unwrap();
+    let user = created_user(&reply).unwrap().clone();
+    assert_eq!(
+        credentials_of(&directory, "ada@example.com").await,
+        (HASH.to_owned(), None)
+    );
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let reply = directory
+        .handle(
+            Uuid::new_v4(),
+            password_update("ada@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    let (updated_user, changed_at) = updated(&reply);
+    assert_eq!(updated_user, user);
+    // The database's clock, close to this one.
+    let skew = (i128::from(changed_at) - i128::try_from(before).unwrap()).abs();
+    assert!(skew < 60_000, "changed at {changed_at}, asked at {before}");
+    assert_eq!(
+        credentials_of(&directory, "ada@example.com").await,
+        (NEW_HASH.to_owned(), Some(changed_at))
+    );
+}
+
+async fn a_redelivered_password_update_is_answered_as_before_and_applied_once(fixture: Fixture) {
+    let directory = fixture.directory;
+    directory
+        .handle(Uuid::new_v4(), creation("ada@example.com"))
+        .await
+        .unwrap();
+    let request_id = Uuid::new_v4();
+    let first = directory
+        .handle(
+            request_id,
+            password_update("ada@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    let (_, changed_at) = updated(&first);
+
+    // A later change by another request, then the first one redelivered: it is answered as
+    // before and does not put its password back.
+    directory
+        .handle(
+            Uuid::new_v4(),
+            password_update("ada@example.com", HASH, OTHER_DIGEST),
+        )
+        .await
+        .unwrap();
+    let (_, later) = credentials_of(&directory, "ada@example.com").await;
+    let again = directory
+        .handle(
+            request_id,
+            password_update("ada@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        credentials_of(&directory, "ada@example.com").await,
+        (HASH.to_owned(), later)
+    );
+    assert!(later >= Some(changed_at));
+}
+
+async fn a_password_update_retried_with_another_password_is_refused(fixture: Fixture) {
+    let directory = fixture.directory;
+    directory
+        .handle(Uuid::new_v4(), creation("ada@example.com"))
+        .await
+        .unwrap();
+    let request_id = Uuid::new_v4();
+    directory
+        .handle(
+            request_id,
+            password_update("ada@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    let reply = directory
+        .handle(
+            request_id,
+            password_update("ada@example.com", HASH, OTHER_DIGEST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&reply), Some(codes::REQUEST_CONFLICT));
+    let reply = directory
+        .handle(
+            request_id,
+            password_update("grace@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&reply), Some(codes::REQUEST_ID_REUSED));
+    assert_eq!(
+        credentials_of(&directory, "ada@example.com").await.0,
+        NEW_HASH
+    );
+    // A digest that is not one is refused before anything is stored.
+    let reply = directory
+        .handle(
+            Uuid::new_v4(),
+            password_update("ada@example.com", HASH, "not-a-digest"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&reply), Some(codes::INVALID_REQUEST_DIGEST));
+}
+
+async fn a_password_update_for_an_unknown_email_changes_nothing(fixture: Fixture) {
+    let directory = fixture.directory;
+    let request_id = Uuid::new_v4();
+    let reply = directory
+        .handle(
+            request_id,
+            password_update("nobody@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    let unknown = DirectoryReply::PasswordUpdate(Reply::Ok {
+        result: PasswordUpdateResult::UnknownUser,
+    });
+    assert_eq!(reply, unknown);
+    // Created later, the account is not changed by a redelivery of the earlier request.
+    directory
+        .handle(Uuid::new_v4(), creation("nobody@example.com"))
+        .await
+        .unwrap();
+    let again = directory
+        .handle(
+            request_id,
+            password_update("nobody@example.com", NEW_HASH, CHANGE_DIGEST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, unknown);
+    assert_eq!(
+        credentials_of(&directory, "nobody@example.com").await,
+        (HASH.to_owned(), None)
+    );
 }
 
 async fn an_unknown_email_does_not_exist_and_has_no_credentials(fixture: Fixture) {
@@ -461,6 +660,10 @@ for_each_backend!(
     concurrent_creations_of_one_email_make_exactly_one_user,
     concurrent_deliveries_of_one_request_get_one_answer,
     invalid_requests_are_rejected_and_store_nothing,
+    a_password_update_sets_the_hash_and_the_time_of_the_change,
+    a_redelivered_password_update_is_answered_as_before_and_applied_once,
+    a_password_update_retried_with_another_password_is_refused,
+    a_password_update_for_an_unknown_email_changes_nothing,
 );
 
 #[tokio::test]

@@ -477,3 +477,53 @@ async fn a_verify_that_cannot_release_its_code_leaves_it_to_the_retry() {
     assert_eq!(status, StatusCode::CREATED, "the retry got {body}");
     assert_eq!(client.me().await.0, StatusCode::OK);
 }
+
+/// Defence in depth: the password changed in the directory, but the sessions' revocation never
+/// happened (the API died between the two, say). The next signin learns the time of the change
+/// from the directory and refuses every session started before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_revocation_is_caught_up_by_the_next_signin() {
+    let env = TestEnv::start(Mode::Distributed).await;
+    let email = env.new_email();
+    let old = env.register(&email, PASSWORD).await;
+    let other = Client::new(env.api());
+    assert_eq!(other.signin(&email, PASSWORD).await.0, StatusCode::OK);
+
+    let database = env
+        .database
+        .as_ref()
+        .expect("distributed mode has a database");
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(database.url())
+        .await
+        .unwrap();
+    // A change a moment from now on the database's clock, so the sessions above are older.
+    sqlx::query(
+        "UPDATE users SET password_changed_at = now() + interval '1 second' WHERE email = $1",
+    )
+    .bind(&email)
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    // Nothing told the API yet: the old sessions still work.
+    assert_eq!(old.me().await.0, StatusCode::OK);
+
+    let deadline = Instant::now() + PATIENCE;
+    let newer = Client::new(env.api());
+    loop {
+        // A signin started before the change's time is itself refused; it is not the user's
+        // fault, and the next one a moment later works.
+        assert_eq!(newer.signin(&email, PASSWORD).await.0, StatusCode::OK);
+        if newer.me().await.0 == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no signin after the change worked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(old.me().await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(other.me().await.0, StatusCode::UNAUTHORIZED);
+    let (_, listed) = newer.sessions().await;
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "{listed}");
+}
