@@ -63,7 +63,7 @@ fn every_operation_documents_every_status_it_can_answer() {
     let doc = generated();
     let middleware = ["403", "429", "500", "503"];
     let body = ["400", "413", "415", "422"];
-    let expected: [(&str, &str, Vec<&str>); 8] = [
+    let expected: [(&str, &str, Vec<&str>); 13] = [
         (
             "/api/v1/auth/signup",
             "post",
@@ -87,7 +87,32 @@ fn every_operation_documents_every_status_it_can_answer() {
         (
             "/api/v1/auth/logout",
             "post",
-            [&["204"][..], &middleware].concat(),
+            [&["204", "401", "422"][..], &middleware].concat(),
+        ),
+        (
+            "/api/v1/auth/recover",
+            "post",
+            [&["202"][..], &body, &middleware].concat(),
+        ),
+        (
+            "/api/v1/auth/recover/verify",
+            "post",
+            [&["200", "409"][..], &body, &middleware].concat(),
+        ),
+        (
+            "/api/v1/auth/password",
+            "post",
+            [&["200", "401"][..], &body, &middleware].concat(),
+        ),
+        (
+            "/api/v1/auth/sessions",
+            "get",
+            [&["200", "401"][..], &middleware].concat(),
+        ),
+        (
+            "/api/v1/auth/sessions/{id}",
+            "delete",
+            [&["204", "401", "404"][..], &middleware].concat(),
         ),
         ("/healthz", "get", vec!["200"]),
         ("/readyz", "get", vec!["200", "503"]),

@@ -106,7 +106,7 @@ async fn wait_until_settled(survivor: &str, other: &str) {
         let partitions = PARTITIONS as usize;
         if ready
             && each_has_some
-            && total("directory") == 3 * partitions
+            && total("directory") == RequestKind::ALL.len() * partitions
             && total("mail") == partitions
         {
             return;

@@ -610,7 +610,8 @@ async fn a_replica_beyond_the_partition_count_is_ready_and_holds_no_partitions()
             .iter()
             .filter(|body| assigned(body, "mail consumer") == 0)
             .count();
-        let settled = directory_total == 3 * support::PARTITIONS as usize
+        let settled = directory_total
+            == broker_auth_contract::RequestKind::ALL.len() * support::PARTITIONS as usize
             && mail_total == support::PARTITIONS as usize
             && idle >= 1;
         if all_ready && settled {

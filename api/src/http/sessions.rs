@@ -224,15 +224,22 @@ pub struct SessionList {
     sessions: Vec<SessionInfo>,
 }
 
+/// RFC 3339 in UTC with milliseconds, always three digits, so the strings sort as the times do.
 fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => "1970-01-01T00:00:00.000Z".to_owned(),
+    }
 }
 
 /// Lists the signed-in user's live sessions.
@@ -464,7 +471,8 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_764_633_600_123), "2025-12-02T00:00:00.123Z");
+        assert_eq!(rfc3339(1_764_633_600_120), "2025-12-02T00:00:00.120Z");
     }
 }

@@ -266,7 +266,7 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
         "auth"
     );
 
-    // 85 queued, but 3 request topics × 2 partitions × 2 per replica caps it at 12: beyond
+    // 85 queued, but 4 request topics × 2 partitions × 2 per replica caps it at 16: beyond
     // that the HPA would only add idle consumers.
     produce(
         &settings,
@@ -275,9 +275,9 @@ async fn the_hpa_reads_the_consumer_lag_over_https() {
         80,
     )
     .await;
-    eventually(Duration::from_secs(10), "capped lag 12", || async {
+    eventually(Duration::from_secs(10), "capped lag 16", || async {
         let (_, list) = get(&path).await;
-        (list["items"][0]["value"] == "12").then_some(())
+        (list["items"][0]["value"] == "16").then_some(())
     })
     .await;
 

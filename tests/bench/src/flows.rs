@@ -90,7 +90,30 @@ impl Http {
     pub async fn logout(&self) -> Result<Answer, String> {
         self.post("/logout", json!({})).await
     }
+
+    pub async fn change_password(&self, current: &str, new: &str) -> Result<Answer, String> {
+        self.post(
+            "/password",
+            json!({ "current_password": current, "password": new }),
+        )
+        .await
+    }
+
+    pub async fn recover(&self, email: &str) -> Result<Answer, String> {
+        self.post("/recover", json!({ "email": email })).await
+    }
+
+    pub async fn recover_verify(&self, email: &str, code: &str) -> Result<Answer, String> {
+        self.post(
+            "/recover/verify",
+            json!({ "email": email, "otp": code, "password": PASSWORD }),
+        )
+        .await
+    }
 }
+
+/// The password a latency walk changes to, and recovers from.
+const CHANGED_PASSWORD: &str = "plum kettle orbit 42";
 
 async fn answer(response: reqwest::Response) -> Result<Answer, String> {
     let status = response.status();
@@ -120,11 +143,24 @@ fn expect(answer: Result<Answer, String>, expected: StatusCode, what: &str) -> R
 
 /// The code mailed to `email`.
 pub async fn code_for(deployment: &Deployment, email: &str) -> Result<String> {
+    code_where(deployment, email, |_| true).await
+}
+
+/// The code of the first mail to `email` whose subject passes `subject`.
+async fn code_where(
+    deployment: &Deployment,
+    email: &str,
+    subject: impl Fn(&str) -> bool,
+) -> Result<String> {
     let mail = deployment
         .env
         .smtp
         .wait_for(
-            |mail| mail.is_to(email) && extract_code(&mail.text()).is_some(),
+            |mail| {
+                mail.is_to(email)
+                    && extract_code(&mail.text()).is_some()
+                    && subject(&mail.subject().unwrap_or_default())
+            },
             MAIL_PATIENCE,
         )
         .await
@@ -149,10 +185,19 @@ pub async fn register(deployment: &Deployment, source: Option<IpAddr>) -> Result
 /// me requests per walk of the latency run.
 const ME_PER_WALK: usize = 20;
 
-pub const FLOWS: [&str; 5] = ["signup", "verify", "signin", "me", "logout"];
+pub const FLOWS: [&str; 8] = [
+    "signup",
+    "verify",
+    "signin",
+    "me",
+    "logout",
+    "password",
+    "recover",
+    "recover_verify",
+];
 
 /// Latency of each flow, one request at a time: `iterations` walks of signup → verify → me →
-/// logout → signin for new addresses. After each walk the bench hashes once itself at
+/// logout → signin → password (change) → recover → recover/verify for new addresses. After each walk the bench hashes once itself at
 /// `bcrypt_cost` (the `"bcrypt"` samples), so the flows are compared with a bcrypt floor taken
 /// in the same minutes rather than at the start of the run.
 pub async fn latency(
@@ -198,6 +243,23 @@ pub async fn latency(
         let status = http.signin(&email).await;
         timed("signin", started);
         expect(status, StatusCode::OK, "signin")?;
+
+        let started = Instant::now();
+        let status = http.change_password(PASSWORD, CHANGED_PASSWORD).await;
+        timed("password", started);
+        expect(status, StatusCode::OK, "password")?;
+
+        let started = Instant::now();
+        let status = http.recover(&email).await;
+        timed("recover", started);
+        expect(status, StatusCode::ACCEPTED, "recover")?;
+        let code = code_where(deployment, &email, |subject| subject.contains("recovery")).await?;
+
+        // Back to PASSWORD, so every walk ends where it began.
+        let started = Instant::now();
+        let status = http.recover_verify(&email, &code).await;
+        timed("recover_verify", started);
+        expect(status, StatusCode::OK, "recover/verify")?;
 
         let hashed = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -462,8 +524,33 @@ pub fn floor_parts(flow: &str, mode: Mode) -> &'static [&'static str] {
         }
         (Mode::Distributed, "verify") => &["http", "redis", "bcrypt", "kafka_rpc", "postgres"],
         (Mode::Distributed, "signin") => &["http", "kafka_rpc", "postgres", "bcrypt", "redis"],
+        // The session, the credentials, checking the old password and hashing the new one, the
+        // update, the revocation; the notice mail is handed over too.
+        (Mode::Distributed, "password") => &[
+            "http",
+            "redis",
+            "kafka_rpc",
+            "postgres",
+            "bcrypt",
+            "bcrypt",
+            "kafka_rpc",
+            "postgres",
+            "redis",
+            "kafka_produce",
+        ],
+        (Mode::Distributed, "recover") => &["http", "redis", "kafka_rpc", "postgres"],
+        (Mode::Distributed, "recover_verify") => &[
+            "http",
+            "redis",
+            "bcrypt",
+            "kafka_rpc",
+            "postgres",
+            "redis",
+            "kafka_produce",
+        ],
         (Mode::Distributed, _) => &["http", "redis"],
-        (Mode::Embedded, "verify" | "signin") => &["http", "bcrypt"],
+        (Mode::Embedded, "verify" | "signin" | "recover_verify") => &["http", "bcrypt"],
+        (Mode::Embedded, "password") => &["http", "bcrypt", "bcrypt"],
         (Mode::Embedded, _) => &["http"],
     }
 }

@@ -310,12 +310,8 @@ async fn latency_table(
     for flow in flows::FLOWS {
         let parts = flows::floor_parts(flow, mode);
         let others: Vec<&str> = parts.iter().copied().filter(|p| *p != "bcrypt").collect();
-        let floor = ms(floors.sum(&others))
-            + if parts.contains(&"bcrypt") {
-                bcrypt
-            } else {
-                0.0
-            };
+        let hashes = parts.iter().filter(|p| **p == "bcrypt").count();
+        let floor = ms(floors.sum(&others)) + bcrypt * hashes as f64;
         let flow_samples = samples.entry(flow).or_default();
         let p50 = flow_samples.p50();
         let overhead = p50.map(|p50| p50 - floor);
