@@ -471,6 +471,32 @@ mod tests {
     }
 
     #[test]
+    fn password_change_digests_bind_email_and_password_and_are_no_creation_digest() {
+        let email = EmailAddress::parse("a@example.com").unwrap();
+        let password = NewPassword::parse("correct horse battery").unwrap();
+        let digest = keys().password_change_digest(&email, &password);
+        assert_eq!(digest, keys().password_change_digest(&email, &password));
+        assert_eq!(digest.len(), 64);
+        assert!(
+            digest
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        let others = [
+            keys()
+                .password_change_digest(&EmailAddress::parse("b@example.com").unwrap(), &password),
+            keys().password_change_digest(
+                &email,
+                &NewPassword::parse("correct horse battery!").unwrap(),
+            ),
+            keys().creation_digest(&email, &DisplayName::parse("Ada").unwrap(), &password),
+        ];
+        for other in others {
+            assert_ne!(digest, other);
+        }
+    }
+
+    #[test]
     fn a_session_token_round_trips() {
         let (user, jti) = (Uuid::new_v4(), Uuid::new_v4());
         let token = keys()

@@ -11,7 +11,10 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use broker_auth_api::http::extract::ApiJson;
-use broker_auth_api::http::{SigninRequest, SignupRequest, VerifyRequest};
+use broker_auth_api::http::{
+    ChangePasswordRequest, RecoverRequest, RecoverVerifyRequest, SigninRequest, SignupRequest,
+    VerifyRequest,
+};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 
@@ -27,11 +30,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let content_type = CONTENT_TYPES[usize::from(selector >> 2) % CONTENT_TYPES.len()];
-    match selector % 3 {
+    let content_type = CONTENT_TYPES[usize::from(selector >> 3) % CONTENT_TYPES.len()];
+    match selector % 6 {
         0 => extract::<SignupRequest>(content_type, body),
         1 => extract::<VerifyRequest>(content_type, body),
-        _ => extract::<SigninRequest>(content_type, body),
+        2 => extract::<SigninRequest>(content_type, body),
+        3 => extract::<RecoverRequest>(content_type, body),
+        4 => extract::<RecoverVerifyRequest>(content_type, body),
+        _ => extract::<ChangePasswordRequest>(content_type, body),
     }
 });
 

@@ -9,7 +9,7 @@
 
 use broker_auth_contract::{
     Authenticate, CheckExistence, CreateUser, DirectoryRequest, DirectoryRpc, Envelope,
-    MailSealKey, Reply, RequestKind, SealedMailRequest,
+    MailSealKey, Reply, RequestKind, SealedMailRequest, UpdatePassword,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -56,6 +56,7 @@ fn request(kind: RequestKind, payload: &[u8]) {
         DirectoryRequest::ExistenceCheck(body) => Envelope::new(id, body).to_json(),
         DirectoryRequest::UserCreation(body) => Envelope::new(id, body).to_json(),
         DirectoryRequest::Authentication(body) => Envelope::new(id, body).to_json(),
+        DirectoryRequest::PasswordUpdate(body) => Envelope::new(id, body).to_json(),
     };
     let again = DirectoryRequest::decode(kind, &encoded).expect("an encoded request decodes");
     assert_eq!(again, decoded);
@@ -72,6 +73,9 @@ fn reply(kind: RequestKind, payload: &[u8]) {
         }
         RequestKind::Authentication => {
             round_trips::<Reply<<Authenticate as DirectoryRpc>::Response>>(payload)
+        }
+        RequestKind::PasswordUpdate => {
+            round_trips::<Reply<<UpdatePassword as DirectoryRpc>::Response>>(payload)
         }
     }
 }

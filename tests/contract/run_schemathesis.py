@@ -98,7 +98,7 @@ class SmtpSink(socketserver.ThreadingTCPServer):
             path = self.codes_dir / code_file_name(recipient)
             if code:
                 # Write then rename: a reader polling for the file must never see it empty.
-                partial = path.with_suffix(".partial")
+                partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
                 partial.write_text(code.group(0))
                 os.replace(partial, path)
             else:
@@ -227,7 +227,8 @@ def api_settings(port: int, smtp: SmtpSink) -> dict[str, str]:
         # Tests check behaviour, not hashing cost.
         "BCRYPT_COST": "4",
         "COOKIE_SECURE": "false",
-        # schemathesis is one client sending thousands of requests a minute.
+        # schemathesis is one client sending thousands of requests a minute, and every wrong
+        # current password it sends to /password counts as a failed signin of the contract user.
         "RATE_LIMIT_PER_MINUTE": "1000000",
         "SIGNUP_RESEND_COOLDOWN_SECS": "0",
         "SIGNIN_RATE_LIMIT_PER_MINUTE": "1000000",
@@ -236,9 +237,13 @@ def api_settings(port: int, smtp: SmtpSink) -> dict[str, str]:
         "VERIFY_MAX_FAILURES": "1000",
         "SIGNIN_MAX_FAILURES_PER_ADDRESS": "1000",
         "VERIFY_MAX_FAILURES_PER_ADDRESS": "1000",
+        # The most failures a window allows is 1000: a one-second window keeps a fuzzer that
+        # sends wrong passwords all run long from locking the contract user out.
+        "SIGNIN_FAILURE_WINDOW_SECS": "1",
+        "VERIFY_FAILURE_WINDOW_SECS": "1",
         "SMTP_URL": f"smtp://127.0.0.1:{smtp.server_address[1]}",
         "MAIL_FROM": "broker-auth <no-reply@broker.test>",
-        "RUST_LOG": "warn",
+        "RUST_LOG": os.environ.get("CONTRACT_API_LOG", "warn"),
     }
 
 
@@ -333,6 +338,8 @@ def run_mode(mode: str, examples: int, work: Path) -> tuple[int, int]:
         if status != 0 or cases < MIN_CASES:
             for log in sorted(log_dir.glob("*.log")):
                 print(f"-- {log.name} (last lines)\n{log.read_text(errors='replace')[-4000:]}")
+            if keep := os.environ.get("CONTRACT_KEEP_LOGS"):
+                shutil.copytree(log_dir, Path(keep) / mode, dirs_exist_ok=True)
         return status, cases
 
 

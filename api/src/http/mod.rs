@@ -37,6 +37,7 @@ mod ui;
 pub use error::{ApiError, RateLimit};
 pub use ops::ReadinessCache;
 // Public for the fuzz target of the JSON body extractor (`fuzz/`), which decodes into them.
+pub use account::{ChangePasswordRequest, RecoverRequest, RecoverVerifyRequest};
 pub use auth::{SigninRequest, SignupRequest, VerifyRequest};
 
 /// The most a request body may hold.

@@ -349,6 +349,7 @@ pub enum LogoutScope {
 pub struct LogoutParams {
     /// `local` (default): this session; `others`: all the user's other sessions; `global`: all.
     #[allow(dead_code)]
+    #[param(inline)]
     scope: Option<LogoutScope>,
 }
 
