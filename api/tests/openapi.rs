@@ -63,7 +63,7 @@ fn every_operation_documents_every_status_it_can_answer() {
     let doc = generated();
     let middleware = ["403", "429", "500", "503"];
     let body = ["400", "413", "415", "422"];
-    let expected: [(&str, &str, Vec<&str>); 13] = [
+    let expected: [(&str, &str, Vec<&str>); 14] = [
         (
             "/api/v1/auth/signup",
             "post",
@@ -113,6 +113,12 @@ fn every_operation_documents_every_status_it_can_answer() {
             "/api/v1/auth/sessions/{id}",
             "delete",
             [&["204", "401", "404"][..], &middleware].concat(),
+        ),
+        // Forward auth: no body, no per-IP limit, no cross-site refusal.
+        (
+            "/api/v1/auth/check",
+            "get",
+            vec!["200", "401", "500", "503"],
         ),
         ("/healthz", "get", vec!["200"]),
         ("/readyz", "get", vec!["200", "503"]),

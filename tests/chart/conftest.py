@@ -73,6 +73,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "grafanaDashboard": {"enabled": True},
         },
     },
+    "sample-protected-route": {
+        "smtp": {"url": "smtp://mailpit.mail.svc:1025"},
+        "brokerAuth": {"create": True, "name": "auth"},
+        "sampleProtectedRoute": {"enabled": True, "host": "trading.broker.example", "path": "/trading"},
+    },
     "kafka-quorum": {
         "kafka": {"replicas": 3, "persistence": {"size": "20Gi", "storageClass": "fast"}},
         "operator": {"replicas": 2},

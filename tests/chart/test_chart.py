@@ -735,3 +735,32 @@ def test_the_operator_serves_the_external_metrics_api_only_on_that_route(
     deployment = rendered_sets[value_set].one("Deployment", f"{RELEASE_NAME}-operator")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["EXTERNAL_METRICS_ENABLED"] == enabled
+
+
+def test_the_sample_protected_route_asks_the_api_for_every_request(rendered_sets: dict[str, Rendered]) -> None:
+    sample = rendered_sets["sample-protected-route"]
+    ingress = sample.one("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-url"] == (
+        f"http://auth-api.{NAMESPACE}.svc.cluster.local/api/v1/auth/check"
+    )
+    assert set(annotations["nginx.ingress.kubernetes.io/auth-response-headers"].split(",")) == {
+        "X-Auth-User-Id",
+        "X-Auth-Email",
+        "X-Auth-Session-Id",
+    }
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "trading.broker.example"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    service = sample.one("Service", backend["name"])
+    deployment = sample.one("Deployment", backend["name"])
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert rule["http"]["paths"][0]["path"] == "/trading"
+    for name, rendered in rendered_sets.items():
+        if name != "sample-protected-route":
+            assert not rendered.of_kind("Ingress"), f"{name} has an Ingress: the sample route is off by default"
+
+
+def test_the_sample_protected_route_needs_a_brokerauth() -> None:
+    with pytest.raises(Exception, match="sampleProtectedRoute needs a BrokerAuth"):
+        render({"sampleProtectedRoute": {"enabled": True}})

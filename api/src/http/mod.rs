@@ -124,6 +124,7 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(sessions::end_session))
         .split_for_parts();
     let (public, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(sessions::check))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -131,6 +132,18 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(ui::app_js))
         .routes(routes!(ui::app_css))
         .split_for_parts();
+    // Forward auth answers any method, and any path below it (Envoy appends the original one).
+    let check = axum::routing::any(sessions::check);
+    let public = public
+        .route(
+            FORWARD_AUTH,
+            axum::routing::post(sessions::check)
+                .put(sessions::check)
+                .patch(sessions::check)
+                .delete(sessions::check),
+        )
+        .route(&format!("{FORWARD_AUTH}/"), check.clone())
+        .route(&format!("{FORWARD_AUTH}/{{*rest}}"), check);
     DocumentedRoutes {
         auth,
         public,
@@ -140,6 +153,11 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
 
 /// Where the auth flows live.
 pub const AUTH_BASE: &str = "/api/v1/auth";
+
+/// The forward-auth endpoint for ingresses: outside [`AUTH_BASE`]'s per-IP limits and
+/// cross-site refusal, since behind an ingress every user has the ingress's address and a
+/// cross-site link into a protected service is an ordinary navigation.
+const FORWARD_AUTH: &str = "/api/v1/auth/check";
 
 pub fn router(state: AppState) -> Router {
     let DocumentedRoutes { auth, public, .. } = documented_routes();

@@ -53,6 +53,7 @@ const BEARER_SCHEME: &str = "bearer";
         (name = "auth", description = "Signup, verification, signin and sessions (`/api/v1/auth`)"),
         (name = "account", description = "Password recovery and change (`/api/v1/auth`)"),
         (name = "sessions", description = "The signed-in user's sessions: list and end them (`/api/v1/auth`)"),
+        (name = "forward-auth", description = "For ingresses and proxies: is this request's session live? (`/api/v1/auth/check`)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "ui", description = "The web UI's static files"),
     )

@@ -6,9 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::header::{SET_COOKIE, USER_AGENT};
+use axum::http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use broker_auth_contract::User;
 use serde::Serialize;
@@ -21,6 +22,11 @@ use super::openapi::{CrossSite, ErrorBody, Internal, RateLimited, Unavailable, V
 use crate::cookie::{clearing_cookies, session_cookie, session_token};
 use crate::crypto::SessionClaims;
 use crate::store::{LAST_SEEN_RESOLUTION, Revocation, Session};
+
+/// The headers `/check` answers a live session with.
+const X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
+const X_AUTH_EMAIL: HeaderName = HeaderName::from_static("x-auth-email");
+const X_AUTH_SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id");
 
 /// The longest `User-Agent` kept with a session, in characters.
 const MAX_USER_AGENT_CHARS: usize = 200;
@@ -197,6 +203,63 @@ fn verified_claims(state: &AppState, headers: &HeaderMap) -> Option<(SessionClai
         .and_then(|token| state.keys.verify_session_token(token))?;
     let user_id = claims.sub.parse().ok()?;
     Some((claims, user_id))
+}
+
+/// Forward auth for ingresses: is the request's session live?
+///
+/// 200 with `X-Auth-User-Id`, `X-Auth-Email` and `X-Auth-Session-Id` for a live session (cookie
+/// or Bearer), else 401; no body either way, at the cost of `/me` (one Redis round trip).
+/// Revocation is exact: a session logged out a moment ago is refused. Any method and any path
+/// below `/api/v1/auth/check/` get the same answer, so the ingress-nginx `auth-url`, Traefik's
+/// `ForwardAuth` and Envoy's `ext_authz` (HTTP, with a path prefix) can call it as they do.
+/// It is not rate-limited per client address (behind an ingress every user has the ingress's
+/// address), and a cross-site navigation to a protected service is answered by its cookie, not
+/// refused: keep the endpoint reachable by the ingress only where that matters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/check",
+    tag = "forward-auth",
+    security(("session_cookie" = []), ("session_cookie_plain" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A live session.", headers(
+            ("X-Auth-User-Id" = String, description = "The user's id."),
+            ("X-Auth-Email" = String, description = "The user's email address."),
+            ("X-Auth-Session-Id" = String, description = "The session's id (`GET /sessions`)."),
+        )),
+        (status = 401, description = "No live session: no token, an invalid or expired one, or a revoked session.", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+#[tracing::instrument(name = "check", skip_all)]
+pub async fn check(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let answer = async {
+        let current = current_session(&state, &headers)
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let header = |value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|_| ApiError::Internal("a session holds a value no header carries".into()))
+        };
+        Ok::<_, ApiError>(
+            (
+                StatusCode::OK,
+                [
+                    (X_AUTH_USER_ID, header(&current.user_id.to_string())?),
+                    (X_AUTH_EMAIL, header(&current.session.user.email)?),
+                    (X_AUTH_SESSION_ID, header(&current.jti)?),
+                ],
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    // Outside the auth routes' layers (see `super::router`), so it sets its own.
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// One of the user's live sessions.

@@ -87,6 +87,10 @@ impl Http {
         self.get("/me").await
     }
 
+    pub async fn check(&self) -> Result<Answer, String> {
+        self.get("/check").await
+    }
+
     pub async fn logout(&self) -> Result<Answer, String> {
         self.post("/logout", json!({})).await
     }
@@ -185,11 +189,12 @@ pub async fn register(deployment: &Deployment, source: Option<IpAddr>) -> Result
 /// me requests per walk of the latency run.
 const ME_PER_WALK: usize = 20;
 
-pub const FLOWS: [&str; 8] = [
+pub const FLOWS: [&str; 9] = [
     "signup",
     "verify",
     "signin",
     "me",
+    "check",
     "logout",
     "password",
     "recover",
@@ -197,7 +202,8 @@ pub const FLOWS: [&str; 8] = [
 ];
 
 /// Latency of each flow, one request at a time: `iterations` walks of signup → verify → me →
-/// logout → signin → password (change) → recover → recover/verify for new addresses. After each walk the bench hashes once itself at
+/// check (forward auth) → logout → signin → password (change) → recover → recover/verify for
+/// new addresses. After each walk the bench hashes once itself at
 /// `bcrypt_cost` (the `"bcrypt"` samples), so the flows are compared with a bcrypt floor taken
 /// in the same minutes rather than at the start of the run.
 pub async fn latency(
@@ -226,12 +232,16 @@ pub async fn latency(
         timed("verify", started);
         expect(status, StatusCode::CREATED, "verify")?;
 
-        // me is cheap: many samples per walk.
+        // me and check (forward auth) are cheap: many samples per walk.
         for _ in 0..ME_PER_WALK {
             let started = Instant::now();
             let status = http.me().await;
             timed("me", started);
             expect(status, StatusCode::OK, "me")?;
+            let started = Instant::now();
+            let status = http.check().await;
+            timed("check", started);
+            expect(status, StatusCode::OK, "check")?;
         }
 
         let started = Instant::now();
