@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::crypto::{HashBudget, HashError, Keys, PasswordHasher};
 use crate::directory::{Directory, InProcessTransport, KafkaTransport, RpcTiming};
+use crate::events::{EVENT_BUFFER, Events, KafkaEvents, LogEvents};
 use crate::http::{AppState, Policy, ReadinessCache, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::{InProcessOutbox, KafkaOutbox, MailOutbox};
@@ -76,6 +77,7 @@ struct Snapshot {
 
 struct Backends {
     store: Arc<dyn EphemeralStore>,
+    events: Events,
     directory: Directory,
     outbox: Arc<dyn MailOutbox>,
     secret: SecretString,
@@ -94,7 +96,7 @@ impl App {
         let metrics = Metrics::new();
         let backends = match &config.kafka_brokers {
             Some(brokers) => distributed(&config, brokers, background.clone(), &metrics).await?,
-            None => embedded(&config, background.clone()).await?,
+            None => embedded(&config, background.clone(), &metrics).await?,
         };
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
@@ -105,6 +107,7 @@ impl App {
         let metrics_listener = bind(config.metrics_listen()).await?;
         let state = AppState::new(Shared {
             store: backends.store,
+            events: backends.events,
             directory: backends.directory,
             outbox: backends.outbox,
             keys: Keys::new(&backends.secret),
@@ -268,7 +271,7 @@ async fn distributed(
                 reply_timeout: config.reply_timeout(),
                 partition_check: Duration::from_millis(config.kafka_metadata_refresh_ms),
             },
-            background,
+            background.clone(),
         ),
     )
     .await
@@ -283,6 +286,14 @@ async fn distributed(
             MailSealKey::from_secret(key.expose_secret().as_bytes())
                 .map_err(|_| ConfigError::ShortMailSealKey(key.expose_secret().len()))
         })?;
+    let events = KafkaEvents::start(
+        producer.clone(),
+        topics.auth_events(),
+        config.reply_timeout(),
+        EVENT_BUFFER,
+        metrics.clone(),
+        background.clone(),
+    );
     let outbox = KafkaOutbox::new(producer, topics.mail(), config.reply_timeout(), seal);
     let secret = config
         .jwt_secret
@@ -294,6 +305,7 @@ async fn distributed(
         "distributed mode: user directory over Kafka, sessions in Redis"
     );
     Ok(Backends {
+        events: Arc::new(events),
         store: Arc::new(store),
         directory: Directory::new(transport.clone()),
         outbox: Arc::new(outbox),
@@ -303,7 +315,11 @@ async fn distributed(
     })
 }
 
-async fn embedded(config: &Config, background: CancellationToken) -> Result<Backends, StartError> {
+async fn embedded(
+    config: &Config,
+    background: CancellationToken,
+    metrics: &Metrics,
+) -> Result<Backends, StartError> {
     let database_url = sqlite_url(config.database_url.expose_secret());
     let repository = Arc::new(SqliteUserRepository::connect(&database_url).await?);
     repository.migrate().await?;
@@ -346,6 +362,7 @@ async fn embedded(config: &Config, background: CancellationToken) -> Result<Back
     };
     Ok(Backends {
         store,
+        events: Arc::new(LogEvents::new(metrics.clone())),
         directory: Directory::new(Arc::new(InProcessTransport::new(directory))),
         outbox: Arc::new(InProcessOutbox::start(
             mailer,

@@ -25,6 +25,7 @@ type HmacSha256 = Hmac<Sha256>;
 const ISSUER: &str = "broker-auth";
 const OTP_KEY_LABEL: &[u8] = b"broker-auth/otp-hash/v1";
 const CREATION_DIGEST_KEY_LABEL: &[u8] = b"broker-auth/creation-digest/v1";
+const ADDRESS_HASH_KEY_LABEL: &[u8] = b"broker-auth/address-hash/v1";
 /// Prefixes the digest of a password change, so it never equals a creation digest.
 const PASSWORD_CHANGE_LABEL: &[u8] = b"broker-auth/password-change/v1";
 /// Fixed key of the password pre-hash. Its job is to turn any password into 44 ASCII bytes
@@ -47,6 +48,7 @@ pub struct Keys {
     decoding: DecodingKey,
     otp_key: [u8; 32],
     creation_digest_key: [u8; 32],
+    address_hash_key: [u8; 32],
 }
 
 impl Keys {
@@ -58,6 +60,7 @@ impl Keys {
             // A separate key for code hashes, so a leaked code hash says nothing about the JWT key.
             otp_key: hmac(bytes, &[OTP_KEY_LABEL]),
             creation_digest_key: hmac(bytes, &[CREATION_DIGEST_KEY_LABEL]),
+            address_hash_key: hmac(bytes, &[ADDRESS_HASH_KEY_LABEL]),
         }
     }
 
@@ -107,6 +110,12 @@ impl Keys {
                 fields[1],
             ],
         ))
+    }
+
+    /// The keyed hash of an address that auth events carry instead of the address: stable for
+    /// one address, useless for finding it without the key.
+    pub fn address_hash(&self, email: &EmailAddress) -> String {
+        hex::encode(hmac(&self.address_hash_key, &[email.as_str().as_bytes()]))
     }
 
     /// The keyed hash of a code for one address, hex encoded: what Redis keeps instead of the code.

@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod crypto;
 pub mod directory;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

@@ -58,6 +58,8 @@ pub struct Metrics {
     hash_slots: Gauge,
     hash_refused: Family<ReasonLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    auth_events: Family<KindLabels, Counter>,
+    auth_events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +83,8 @@ impl Metrics {
         let hash_slots = Gauge::default();
         let hash_refused = Family::<ReasonLabels, Counter>::default();
         let rate_limited = Family::<LimitLabels, Counter>::default();
+        let auth_events = Family::<KindLabels, Counter>::default();
+        let auth_events_dropped = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -140,6 +144,19 @@ impl Metrics {
                 limit: limit.label(),
             });
         }
+        registry.register(
+            "auth_events",
+            "Security events handed on (to the auth-events topic, or the log in embedded mode), by kind",
+            auth_events.clone(),
+        );
+        for kind in broker_auth_contract::AuthEventKind::ALL {
+            let _ = auth_events.get_or_create(&KindLabels { kind: kind.label() });
+        }
+        registry.register(
+            "auth_events_dropped",
+            "Security events dropped: the buffer was full or Kafka did not take them in time",
+            auth_events_dropped.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -152,7 +169,21 @@ impl Metrics {
             hash_slots,
             hash_refused,
             rate_limited,
+            auth_events,
+            auth_events_dropped,
         }
+    }
+
+    /// A security event handed on.
+    pub fn auth_event(&self, kind: broker_auth_contract::AuthEventKind) {
+        self.auth_events
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
+    }
+
+    /// A security event dropped.
+    pub fn auth_event_dropped(&self) {
+        self.auth_events_dropped.inc();
     }
 
     pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {

@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use broker_auth_contract::{MailRequest, MailTemplate, PasswordUpdate, PasswordUpdateResult, User};
+use broker_auth_contract::{
+    AuthEventKind, MailRequest, MailTemplate, PasswordUpdate, PasswordUpdateResult, User,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -24,6 +26,7 @@ use super::sessions::{
 use super::{AppState, ClientBucket};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{EmailAddress, NewPassword, OtpCode, parse_offered_password};
+use crate::events::{EventContext, Subject};
 use crate::store::{CodeAttempt, CodePurpose, CodeRecord, Revocation};
 
 /// The address whose password is forgotten.
@@ -66,6 +69,7 @@ pub struct RecoverAccepted {
 #[tracing::instrument(name = "recover", skip_all)]
 pub async fn recover(
     State(state): State<AppState>,
+    context: EventContext,
     ApiJson(body): ApiJson<RecoverRequest>,
 ) -> Result<Response, ApiError> {
     let email = body
@@ -91,6 +95,14 @@ pub async fn recover(
         }
         return Err(error);
     }
+    let subject = Subject::Address(state.keys.address_hash(&email));
+    state.event(
+        &context,
+        AuthEventKind::RecoveryRequested,
+        subject,
+        None,
+        None,
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(RecoverAccepted {
@@ -189,6 +201,7 @@ pub async fn recover_verify(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
     origin: SessionOrigin,
+    context: EventContext,
     ApiJson(body): ApiJson<RecoverVerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -219,7 +232,18 @@ pub async fn recover_verify(
         .await?
     {
         CodeAttempt::Check { record, .. } => record,
-        CodeAttempt::Missing | CodeAttempt::Burned => return Err(ApiError::InvalidCode),
+        CodeAttempt::Missing => return Err(ApiError::InvalidCode),
+        CodeAttempt::Burned => {
+            let subject = Subject::Address(state.keys.address_hash(&email));
+            state.event(
+                &context,
+                AuthEventKind::CodeBurned,
+                subject,
+                Some("recovery"),
+                None,
+            );
+            return Err(ApiError::InvalidCode);
+        }
     };
     if !otp_hashes_match(&record.hash, &state.keys.otp_hash(&email, &otp)) {
         return Err(ApiError::InvalidCode);
@@ -265,6 +289,12 @@ pub async fn recover_verify(
                     .revoke_sessions(session.user.id, revocation, state.policy.session_ttl)
                     .await?;
                 tracing::info!(user_id = %session.user.id, ended, "password recovered; other sessions revoked");
+                let user_id = session.user.id;
+                let subject = || Subject::UserAndAddress(user_id, state.keys.address_hash(&email));
+                let reason = Some("recovery");
+                state.event(&context, AuthEventKind::PasswordChanged, subject(), reason, None);
+                let revoked = AuthEventKind::SessionsRevoked;
+                state.event(&context, revoked, subject(), reason, Some(ended));
                 Ok(Some((session.user, jti)))
             }
             // A code is stored for a registered address only, so the account went away since.
@@ -361,6 +391,7 @@ pub async fn change_password(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
     headers: HeaderMap,
+    context: EventContext,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Response, ApiError> {
     let current = current_session(&state, &headers)
@@ -403,6 +434,9 @@ pub async fn change_password(
         .verify(offered, Some(&credentials.password_hash), &client.0)
         .await?;
     if !matches {
+        let subject = Subject::UserAndAddress(current.user_id, state.keys.address_hash(&email));
+        let reason = Some("wrong_password");
+        state.event(&context, AuthEventKind::SigninFailed, subject, reason, None);
         return Err(ApiError::WrongPassword);
     }
     failures.clear(&state).await?;
@@ -433,6 +467,16 @@ pub async fn change_password(
         .revoke_sessions(user.id, revocation, state.policy.session_ttl)
         .await?;
     tracing::info!(user_id = %user.id, ended, "password changed; other sessions revoked");
+    let subject = || Subject::UserAndAddress(user.id, state.keys.address_hash(&email));
+    state.event(
+        &context,
+        AuthEventKind::PasswordChanged,
+        subject(),
+        Some("change"),
+        None,
+    );
+    let (revoked, reason) = (AuthEventKind::SessionsRevoked, Some("password_change"));
+    state.event(&context, revoked, subject(), reason, Some(ended));
     notify_password_changed(&state, &user).await;
     Ok(Json(UserBody { user }).into_response())
 }

@@ -8,7 +8,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use broker_auth_contract::{MailRequest, MailTemplate, UserCreation, UserCreationResult};
+use broker_auth_contract::{
+    AuthEventKind, MailRequest, MailTemplate, UserCreation, UserCreationResult,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -23,6 +25,7 @@ use super::sessions::{SessionOrigin, UserBody, current_session, directory_time, 
 use super::{AppState, ClientBucket};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
+use crate::events::{EventContext, Subject};
 use crate::store::{CodeAttempt, CodePurpose, CodeRecord};
 
 /// How long a verify holds its code against verifies with other details: longer than a verify
@@ -134,6 +137,7 @@ pub struct SignupAccepted {
 #[tracing::instrument(name = "signup", skip_all)]
 pub async fn signup(
     State(state): State<AppState>,
+    context: EventContext,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> Result<Response, ApiError> {
     let email = body
@@ -159,6 +163,13 @@ pub async fn signup(
         }
         return Err(error);
     }
+    state.event(
+        &context,
+        AuthEventKind::SignupRequested,
+        Subject::Address(state.keys.address_hash(&email)),
+        None,
+        None,
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(SignupAccepted {
@@ -260,6 +271,7 @@ pub async fn verify(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
     origin: SessionOrigin,
+    context: EventContext,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -295,7 +307,18 @@ pub async fn verify(
         .await?
     {
         CodeAttempt::Check { record, .. } => record,
-        CodeAttempt::Missing | CodeAttempt::Burned => return Err(ApiError::InvalidCode),
+        CodeAttempt::Missing => return Err(ApiError::InvalidCode),
+        CodeAttempt::Burned => {
+            let subject = Subject::Address(state.keys.address_hash(&email));
+            state.event(
+                &context,
+                AuthEventKind::CodeBurned,
+                subject,
+                Some("signup"),
+                None,
+            );
+            return Err(ApiError::InvalidCode);
+        }
     };
     let candidate = state.keys.otp_hash(&email, &otp);
     if !otp_hashes_match(&record.hash, &candidate) {
@@ -337,6 +360,8 @@ pub async fn verify(
     .await;
     let answered = match created {
         Ok(UserCreationResult::Created { user }) => {
+            let subject = Subject::UserAndAddress(user.id, state.keys.address_hash(&email));
+            state.event(&context, AuthEventKind::AccountCreated, subject, None, None);
             start_session(&state, user, &origin, None, StatusCode::CREATED).await
         }
         Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
@@ -417,6 +442,7 @@ pub async fn signin(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
     origin: SessionOrigin,
+    context: EventContext,
     ApiJson(body): ApiJson<SigninRequest>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -448,15 +474,35 @@ pub async fn signin(
             &client.0,
         )
         .await?;
+    let address = state.keys.address_hash(&email);
     match credentials {
         Some(credentials) if matches => {
+            let subject = Subject::UserAndAddress(credentials.user.id, address);
+            state.event(
+                &context,
+                AuthEventKind::SigninSucceeded,
+                subject,
+                None,
+                None,
+            );
             failures.clear(&state).await?;
             // The last password change re-asserts the revocation of older sessions, in case it
             // was missed when the password changed.
             let changed = directory_time(credentials.password_changed_at_ms);
             start_session(&state, credentials.user, &origin, changed, StatusCode::OK).await
         }
-        _ => Err(ApiError::InvalidCredentials),
+        Some(credentials) => {
+            let subject = Subject::UserAndAddress(credentials.user.id, address);
+            let reason = Some("wrong_password");
+            state.event(&context, AuthEventKind::SigninFailed, subject, reason, None);
+            Err(ApiError::InvalidCredentials)
+        }
+        None => {
+            let reason = Some("unknown_address");
+            let subject = Subject::Address(address);
+            state.event(&context, AuthEventKind::SigninFailed, subject, reason, None);
+            Err(ApiError::InvalidCredentials)
+        }
     }
 }
 

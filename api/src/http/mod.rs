@@ -36,6 +36,7 @@ mod ui;
 
 pub use error::{ApiError, RateLimit};
 pub use ops::ReadinessCache;
+pub use sessions::now_rfc3339;
 // Public for the fuzz target of the JSON body extractor (`fuzz/`), which decodes into them.
 pub use account::{ChangePasswordRequest, RecoverRequest, RecoverVerifyRequest};
 pub use auth::{SigninRequest, SignupRequest, VerifyRequest};
@@ -77,6 +78,7 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub store: Arc<dyn EphemeralStore>,
+    pub events: crate::events::Events,
     pub directory: Directory,
     pub outbox: Arc<dyn MailOutbox>,
     pub keys: Keys,
@@ -89,6 +91,23 @@ pub struct Shared {
 impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
+    }
+}
+
+impl AppState {
+    /// Hands a security event of this request on (never waits, never fails the request).
+    pub(crate) fn event(
+        &self,
+        context: &crate::events::EventContext,
+        kind: broker_auth_contract::AuthEventKind,
+        subject: crate::events::Subject,
+        reason: Option<&str>,
+        sessions_revoked: Option<u64>,
+    ) {
+        let mut event = context.event(kind, subject);
+        event.reason = reason.map(str::to_owned);
+        event.sessions_revoked = sessions_revoked;
+        self.events.emit(event);
     }
 }
 
@@ -293,6 +312,16 @@ async fn rate_limit(
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    // For the event of a refused request: who asked, taken before the request is handed on.
+    let context = sessions::event_context(
+        request.headers(),
+        extract::client_ip(
+            request.headers(),
+            request.extensions().get::<ConnectInfo<SocketAddr>>(),
+            &state.policy.trusted_proxies,
+        ),
+        request.extensions().get::<MatchedPath>(),
+    );
     // Only known methods become label values: a client must not be able to mint new series.
     let method = match *request.method() {
         Method::GET => "GET",
@@ -311,6 +340,12 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     if let Some(limit) = response.extensions().get::<RateLimit>() {
         state.metrics.rate_limited(*limit);
+        let mut event = context.event(
+            broker_auth_contract::AuthEventKind::RateLimited,
+            crate::events::Subject::Network,
+        );
+        event.reason = Some(limit.label().to_owned());
+        state.events.emit(event);
     }
     state.metrics.observe_http(
         &route,

@@ -5,13 +5,13 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use broker_auth_contract::User;
+use broker_auth_contract::{AuthEventKind, User};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::openapi::{CrossSite, ErrorBody, Internal, RateLimited, Unavailable, ValidationFailed};
 use crate::cookie::{clearing_cookies, session_cookie, session_token};
 use crate::crypto::SessionClaims;
+use crate::events::{EventContext, Subject};
 use crate::store::{LAST_SEEN_RESOLUTION, Revocation, Session};
 
 /// The headers `/check` answers a live session with.
@@ -47,18 +48,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionOrigin {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let user_agent = parts
-            .headers
-            .get(USER_AGENT)
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| {
-                agent
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(MAX_USER_AGENT_CHARS)
-                    .collect::<String>()
-            })
-            .filter(|agent| !agent.trim().is_empty());
+        let user_agent = user_agent(&parts.headers);
         let ip_prefix = parts
             .extensions
             .get::<ClientAddress>()
@@ -69,6 +59,68 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionOrigin {
             ip_prefix,
         })
     }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for EventContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<ClientAddress>()
+            .and_then(|address| address.0);
+        Ok(event_context(
+            &parts.headers,
+            address,
+            parts.extensions.get::<MatchedPath>(),
+        ))
+    }
+}
+
+/// The longest `X-Request-Id` taken from a request; a longer or odd one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The details every auth event of one request carries.
+pub fn event_context(
+    headers: &HeaderMap,
+    address: Option<IpAddr>,
+    route: Option<&MatchedPath>,
+) -> EventContext {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+    let trace_id = broker_auth_telemetry::traceparent(&tracing::Span::current())
+        .and_then(|parent| parent.split('-').nth(1).map(str::to_owned));
+    EventContext {
+        ip_prefix: address.map(ip_prefix),
+        user_agent: user_agent(headers),
+        request_id,
+        trace_id,
+        route: route.map(|route| route.as_str().to_owned()),
+    }
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .map(|agent| {
+            agent
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_USER_AGENT_CHARS)
+                .collect::<String>()
+        })
+        .filter(|agent| !agent.trim().is_empty())
+}
+
+/// Now, as events and the sessions list write times.
+pub fn now_rfc3339() -> String {
+    rfc3339(now_ms())
 }
 
 /// The network of an address, never the address: its /24 for IPv4, its /48 for IPv6.
@@ -378,6 +430,7 @@ pub async fn list_sessions(
 pub async fn end_session(
     State(state): State<AppState>,
     headers: HeaderMap,
+    context: EventContext,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let current = current_session(&state, &headers)
@@ -387,6 +440,15 @@ pub async fn end_session(
         return Err(ApiError::NotFound);
     }
     tracing::info!(user_id = %current.user_id, "session ended from the sessions list");
+    let subject = Subject::User(current.user_id);
+    let reason = Some("sessions_list");
+    state.event(
+        &context,
+        AuthEventKind::SessionsRevoked,
+        subject,
+        reason,
+        Some(1),
+    );
     if id == current.jti {
         return Ok(cleared(StatusCode::NO_CONTENT));
     }
@@ -469,11 +531,14 @@ pub async fn logout(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
+    context: EventContext,
 ) -> Result<Response, ApiError> {
     match logout_scope(&uri)? {
         LogoutScope::Local => {
             if let Some((claims, user_id)) = verified_claims(&state, &headers) {
                 state.store.delete_session(user_id, &claims.jti).await?;
+                let subject = Subject::User(user_id);
+                state.event(&context, AuthEventKind::Logout, subject, None, None);
             }
             Ok(cleared(StatusCode::NO_CONTENT))
         }
@@ -493,6 +558,16 @@ pub async fn logout(
                 .revoke_sessions(current.user_id, revocation, state.policy.session_ttl)
                 .await?;
             tracing::info!(user_id = %current.user_id, ended, global, "sessions revoked by logout");
+            let reason = Some(if global {
+                "logout_global"
+            } else {
+                "logout_others"
+            });
+            let (kind, subject) = (
+                AuthEventKind::SessionsRevoked,
+                Subject::User(current.user_id),
+            );
+            state.event(&context, kind, subject, reason, Some(ended));
             if global {
                 Ok(cleared(StatusCode::NO_CONTENT))
             } else {

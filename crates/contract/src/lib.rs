@@ -9,9 +9,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod events;
 mod record_headers;
 mod sealed;
 mod topics;
+
+pub use events::{AuthEvent, AuthEventKind};
 
 pub use record_headers::{RawHeader, ReplyHeaders, RequestHeaders};
 pub use sealed::{

@@ -59,6 +59,8 @@ pub enum TopicClass {
     Mail,
     /// Records no consumer could handle, kept for a person to look at.
     DeadLetter,
+    /// Security events for compliance and monitoring systems, which may read them late.
+    Events,
 }
 
 impl TopicClass {
@@ -76,6 +78,8 @@ impl TopicClass {
             Some(Self::Mail)
         } else if is(DEAD_LETTER_TOPIC) {
             Some(Self::DeadLetter)
+        } else if is(AUTH_EVENTS_TOPIC) {
+            Some(Self::Events)
         } else {
             None
         }
@@ -83,6 +87,7 @@ impl TopicClass {
 }
 
 const MAIL_TOPIC: &str = "mail-outbox";
+const AUTH_EVENTS_TOPIC: &str = "auth-events";
 /// Before an API instance's id in the name of its own reply topic.
 const INSTANCE_REPLIES: &str = "api-replies.";
 /// The longest instance id: a Kubernetes pod name is at most 63 characters.
@@ -251,6 +256,11 @@ impl Topics {
         format!("{}{DEAD_LETTER_TOPIC}", self.prefix)
     }
 
+    /// Security events ([`crate::AuthEvent`]), keyed by user.
+    pub fn auth_events(&self) -> String {
+        format!("{}{AUTH_EVENTS_TOPIC}", self.prefix)
+    }
+
     /// The topics the dbproc consumer group reads requests from (the ones the lag is measured on).
     pub fn request_topics(&self) -> Vec<String> {
         RequestKind::ALL.map(|k| self.request(k)).to_vec()
@@ -260,12 +270,13 @@ impl Topics {
         RequestKind::ALL.map(|k| self.reply(k)).to_vec()
     }
 
-    /// Every topic of the deployment: requests, replies, mail and dead letters.
+    /// Every topic of the deployment: requests, replies, mail, dead letters and auth events.
     pub fn all(&self) -> Vec<String> {
         let mut all = self.request_topics();
         all.extend(self.reply_topics());
         all.push(self.mail());
         all.push(self.dead_letter());
+        all.push(self.auth_events());
         all
     }
 
@@ -296,7 +307,7 @@ mod tests {
             topics.reply(RequestKind::Authentication),
             "user-authentication-response"
         );
-        assert_eq!(topics.all().len(), 10);
+        assert_eq!(topics.all().len(), 11);
     }
 
     #[test]
@@ -330,6 +341,10 @@ mod tests {
         assert_eq!(
             TopicClass::of(&topics.dead_letter()),
             Some(TopicClass::DeadLetter)
+        );
+        assert_eq!(
+            TopicClass::of(&topics.auth_events()),
+            Some(TopicClass::Events)
         );
         assert!(topics.all().iter().all(|t| TopicClass::of(t).is_some()));
         assert_eq!(TopicClass::of("someone-elses-topic"), None);

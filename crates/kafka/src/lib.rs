@@ -213,7 +213,8 @@ impl TopicRetention {
     pub fn topic_configs(&self, topic: &str) -> [(&'static str, String); 3] {
         let retention = match TopicClass::of(topic) {
             Some(TopicClass::Mail | TopicClass::Reply) => self.short,
-            Some(TopicClass::DeadLetter) => self.dead_letters,
+            // Read late by compliance systems: the long class.
+            Some(TopicClass::DeadLetter | TopicClass::Events) => self.dead_letters,
             Some(TopicClass::Request) | None => self.requests,
         };
         [

@@ -341,7 +341,7 @@ async fn a_sample_brokerauth_applies_exactly_the_golden_objects_and_status() {
     assert_eq!(
         calls,
         vec![
-            "ensure default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request,default.auth.user-password-update-request,default.auth.user-existence-response,default.auth.user-creation-response,default.auth.user-authentication-response,default.auth.user-password-update-response,default.auth.mail-outbox,default.auth.dead-letter partitions=12 min=6 on kafka.default.svc:9092".to_owned(),
+            "ensure default.auth.user-existence-check,default.auth.user-creation-request,default.auth.user-authentication-request,default.auth.user-password-update-request,default.auth.user-existence-response,default.auth.user-creation-response,default.auth.user-authentication-response,default.auth.user-password-update-response,default.auth.mail-outbox,default.auth.dead-letter,default.auth.auth-events partitions=12 min=6 on kafka.default.svc:9092".to_owned(),
             // The api pods' reply topics are listed; the one whose pod is gone is only noted
             // (deleted at a later check, once it has been gone for the grace period).
             "list topics default.auth.api-replies.".to_owned(),
@@ -659,8 +659,8 @@ async fn once_its_pods_are_gone_a_deleted_brokerauth_drops_its_groups_and_topics
     let topics = broker_auth_contract::Topics::for_deployment("default", "auth").unwrap();
     assert_eq!(
         topics.all().len(),
-        10,
-        "requests, replies, mail and dead letters"
+        11,
+        "requests, replies, mail, dead letters and auth events"
     );
     // The instance reply topics go too, whether their pods shut down cleanly or not.
     let mut all = topics.all();
