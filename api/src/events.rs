@@ -33,8 +33,8 @@ pub struct KafkaEvents {
 }
 
 impl KafkaEvents {
-    /// Starts the task that produces to `topic` until `stop` is cancelled; events still buffered
-    /// then are produced first, within `timeout` each.
+    /// Starts the task that produces to `topic`, each event within `timeout`, until `stop` is
+    /// cancelled (at shutdown); events still in the buffer then are not produced.
     pub fn start(
         producer: FutureProducer,
         topic: String,

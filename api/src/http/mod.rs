@@ -310,18 +310,38 @@ async fn rate_limit(
     Ok(next.run(request).await)
 }
 
+/// The parts of a request its auth events read, kept past handing the request on.
+struct EventHeaders {
+    headers: axum::http::HeaderMap,
+    address: Option<std::net::IpAddr>,
+    route: Option<MatchedPath>,
+}
+
+impl EventHeaders {
+    fn of(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
+        let mut headers = axum::http::HeaderMap::new();
+        for name in [axum::http::header::USER_AGENT.as_str(), "x-request-id"] {
+            if let Some(value) = request.headers().get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        Self {
+            headers,
+            address: extract::client_ip(
+                request.headers(),
+                request.extensions().get::<ConnectInfo<SocketAddr>>(),
+                trusted_proxies,
+            ),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+        }
+    }
+}
+
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    // For the event of a refused request: who asked, taken before the request is handed on.
-    let context = sessions::event_context(
-        request.headers(),
-        extract::client_ip(
-            request.headers(),
-            request.extensions().get::<ConnectInfo<SocketAddr>>(),
-            &state.policy.trusted_proxies,
-        ),
-        request.extensions().get::<MatchedPath>(),
-    );
+    // For the event of a refused request: what it needs of the request, kept cheaply (the
+    // request is handed on); the event itself is made only for a 429.
+    let asked = EventHeaders::of(&request, &state.policy.trusted_proxies);
     // Only known methods become label values: a client must not be able to mint new series.
     let method = match *request.method() {
         Method::GET => "GET",
@@ -340,6 +360,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     if let Some(limit) = response.extensions().get::<RateLimit>() {
         state.metrics.rate_limited(*limit);
+        let context = sessions::event_context(&asked.headers, asked.address, asked.route.as_ref());
         let mut event = context.event(
             broker_auth_contract::AuthEventKind::RateLimited,
             crate::events::Subject::Network,

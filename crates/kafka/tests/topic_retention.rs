@@ -49,7 +49,7 @@ async fn created_topics_carry_their_retention_on_the_broker() {
     let expected = |topic: &str| -> &str {
         if topic == topics.mail() || topics.reply_topics().iter().any(|t| t == topic) {
             "900000"
-        } else if topic == topics.dead_letter() {
+        } else if topic == topics.dead_letter() || topic == topics.auth_events() {
             "259200000"
         } else {
             "21600000"
