@@ -151,16 +151,10 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(ui::app_js))
         .routes(routes!(ui::app_css))
         .split_for_parts();
-    // Forward auth answers any method, and any path below it (Envoy appends the original one).
+    // Forward auth answers the methods its document lists, and any path below it (Envoy appends
+    // the original one), with any method.
     let check = axum::routing::any(sessions::check);
     let public = public
-        .route(
-            FORWARD_AUTH,
-            axum::routing::post(sessions::check)
-                .put(sessions::check)
-                .patch(sessions::check)
-                .delete(sessions::check),
-        )
         .route(&format!("{FORWARD_AUTH}/"), check.clone())
         .route(&format!("{FORWARD_AUTH}/{{*rest}}"), check);
     DocumentedRoutes {

@@ -268,7 +268,7 @@ fn verified_claims(state: &AppState, headers: &HeaderMap) -> Option<(SessionClai
 /// address), and a cross-site navigation to a protected service is answered by its cookie, not
 /// refused: keep the endpoint reachable by the ingress only where that matters.
 #[utoipa::path(
-    get,
+    method(get, head, post, put, patch, delete),
     path = "/api/v1/auth/check",
     tag = "forward-auth",
     security(("session_cookie" = []), ("session_cookie_plain" = []), ("bearer" = [])),
