@@ -13,21 +13,21 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::auth::{CODE_HOLD, FailureLimits, FieldErrors};
+use super::auth::{
+    CODE_HOLD, FailureLimits, FieldErrors, code_minutes, store_code, within_cooldown,
+};
 use super::error::{ApiError, RateLimit};
 use super::extract::{ApiJson, Text};
 use super::openapi::{
     CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
     UnsupportedMediaType, ValidationFailed,
 };
-use super::sessions::{
-    SessionOrigin, UserBody, current_session, directory_time, new_session, session_response,
-};
+use super::sessions::{UserBody, current_session, directory_time, new_session, session_response};
 use super::{AppState, ClientBucket};
-use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
+use crate::crypto::otp_hashes_match;
 use crate::domain::{EmailAddress, NewPassword, OtpCode, parse_offered_password};
 use crate::events::{EventContext, Subject};
-use crate::store::{CodeAttempt, CodePurpose, CodeRecord, Revocation};
+use crate::store::{CodeAttempt, CodePurpose, Revocation};
 
 /// The address whose password is forgotten.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -78,23 +78,13 @@ pub async fn recover(
         .and_then(EmailAddress::parse)
         .map_err(|m| ApiError::field("email", m))?;
     let cooldown = format!("recover:{email}");
-    if let Some(retry_after) = state
-        .store
-        .start_cooldown(&cooldown, state.policy.resend_cooldown)
-        .await?
-    {
-        return Err(ApiError::RateLimited {
-            retry_after,
-            limit: RateLimit::RecoveryCooldown,
-        });
-    }
-    if let Err(error) = store_recovery_code(&state, &email).await {
-        // Nothing was stored: let the person try again at once.
-        if let Err(e) = state.store.end_cooldown(&cooldown).await {
-            tracing::warn!(error = %e, "could not end the recovery cooldown");
-        }
-        return Err(error);
-    }
+    within_cooldown(
+        &state,
+        &cooldown,
+        RateLimit::RecoveryCooldown,
+        store_recovery_code(&state, &email),
+    )
+    .await?;
     let subject = Subject::Address(state.keys.address_hash(&email));
     state.event(
         &context,
@@ -117,33 +107,13 @@ pub async fn recover(
 /// for it, so the answer does not wait on a step only registered addresses take.
 async fn store_recovery_code(state: &AppState, email: &EmailAddress) -> Result<(), ApiError> {
     let exists = state.directory.exists(email.as_str()).await?;
-    let code = generate_otp();
-    let hash = if exists {
-        state.keys.otp_hash(email, &code)
-    } else {
-        random_unmatchable_hash()
-    };
-    let record = CodeRecord {
-        hash,
-        request_id: Uuid::new_v4(),
-        attempts: 0,
-        hold: None,
-    };
-    state
-        .store
-        .put_code(
-            &CodePurpose::Recovery.key(email.as_str()),
-            &record,
-            state.policy.otp_ttl,
-        )
-        .await?;
+    let code = store_code(state, CodePurpose::Recovery, email, exists).await?;
     if exists {
         let mail = MailRequest {
             to: email.to_string(),
             template: MailTemplate::RecoveryCode {
                 code: code.as_str().to_owned(),
-                expires_in_minutes: u32::try_from(state.policy.otp_ttl.as_secs().div_ceil(60))
-                    .unwrap_or(u32::MAX),
+                expires_in_minutes: code_minutes(state),
             },
         };
         let outbox = state.outbox.clone();
@@ -200,7 +170,6 @@ pub struct RecoverVerifyRequest {
 pub async fn recover_verify(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
-    origin: SessionOrigin,
     context: EventContext,
     ApiJson(body): ApiJson<RecoverVerifyRequest>,
 ) -> Result<Response, ApiError> {
@@ -277,7 +246,7 @@ pub async fn recover_verify(
                 password_changed_at_ms,
             }) => {
                 // Every session ends and the new one starts in the same step.
-                let (jti, session) = new_session(user, &origin);
+                let (jti, session) = new_session(user, &context);
                 let jti_text = jti.to_string();
                 let revocation = Revocation {
                     keep: Some(&jti_text),

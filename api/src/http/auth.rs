@@ -1,6 +1,7 @@
 //! The five flows under `/api/v1/auth`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Extension;
@@ -21,7 +22,7 @@ use super::openapi::{
     CrossSite, ErrorBody, Internal, MalformedJson, PayloadTooLarge, RateLimited, Unavailable,
     UnsupportedMediaType, ValidationFailed,
 };
-use super::sessions::{SessionOrigin, UserBody, current_session, directory_time, start_session};
+use super::sessions::{UserBody, current_session, directory_time, start_session};
 use super::{AppState, ClientBucket};
 use crate::crypto::{generate_otp, otp_hashes_match, random_unmatchable_hash};
 use crate::domain::{DisplayName, EmailAddress, NewPassword, OtpCode, parse_offered_password};
@@ -146,23 +147,13 @@ pub async fn signup(
         .and_then(EmailAddress::parse)
         .map_err(|m| ApiError::field("email", m))?;
     let cooldown = format!("signup:{email}");
-    if let Some(retry_after) = state
-        .store
-        .start_cooldown(&cooldown, state.policy.resend_cooldown)
-        .await?
-    {
-        return Err(ApiError::RateLimited {
-            retry_after,
-            limit: RateLimit::SignupCooldown,
-        });
-    }
-    if let Err(error) = send_signup_mail(&state, &email).await {
-        // Nothing was sent: let the person try again at once.
-        if let Err(e) = state.store.end_cooldown(&cooldown).await {
-            tracing::warn!(error = %e, "could not end the signup cooldown");
-        }
-        return Err(error);
-    }
+    within_cooldown(
+        &state,
+        &cooldown,
+        RateLimit::SignupCooldown,
+        send_signup_mail(&state, &email),
+    )
+    .await?;
     state.event(
         &context,
         AuthEventKind::SignupRequested,
@@ -179,15 +170,44 @@ pub async fn signup(
         .into_response())
 }
 
-async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), ApiError> {
-    let exists = state.directory.exists(email.as_str()).await?;
+/// Runs `send` unless a resend cooldown `key` is running (then 429 with `limit`). When `send`
+/// fails nothing went out, so the cooldown is ended: the person may try again at once.
+pub(super) async fn within_cooldown(
+    state: &AppState,
+    key: &str,
+    limit: RateLimit,
+    send: impl Future<Output = Result<(), ApiError>>,
+) -> Result<(), ApiError> {
+    if let Some(retry_after) = state
+        .store
+        .start_cooldown(key, state.policy.resend_cooldown)
+        .await?
+    {
+        return Err(ApiError::RateLimited { retry_after, limit });
+    }
+    if let Err(error) = send.await {
+        if let Err(e) = state.store.end_cooldown(key).await {
+            tracing::warn!(error = %e, "could not end a resend cooldown");
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// Stores a fresh code for `email` under `purpose` and returns it. Only a `usable` record holds
+/// the code's keyed hash; the other gets a random hash no code matches, so both paths do the
+/// same work and a verify behaves the same for them.
+pub(super) async fn store_code(
+    state: &AppState,
+    purpose: CodePurpose,
+    email: &EmailAddress,
+    usable: bool,
+) -> Result<OtpCode, ApiError> {
     let code = generate_otp();
-    // A registered address gets a record too, with a random hash no code can match, so both
-    // paths do the same work and verify behaves the same for them.
-    let hash = if exists {
-        random_unmatchable_hash()
-    } else {
+    let hash = if usable {
         state.keys.otp_hash(email, &code)
+    } else {
+        random_unmatchable_hash()
     };
     let record = CodeRecord {
         hash,
@@ -197,19 +217,26 @@ async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), 
     };
     state
         .store
-        .put_code(
-            &CodePurpose::Signup.key(email.as_str()),
-            &record,
-            state.policy.otp_ttl,
-        )
+        .put_code(&purpose.key(email.as_str()), &record, state.policy.otp_ttl)
         .await?;
+    Ok(code)
+}
+
+/// How long a code lives, in whole minutes, as the mail says it.
+pub(super) fn code_minutes(state: &AppState) -> u32 {
+    u32::try_from(state.policy.otp_ttl.as_secs().div_ceil(60)).unwrap_or(u32::MAX)
+}
+
+async fn send_signup_mail(state: &AppState, email: &EmailAddress) -> Result<(), ApiError> {
+    let exists = state.directory.exists(email.as_str()).await?;
+    // A registered address gets a record too, one no code matches.
+    let code = store_code(state, CodePurpose::Signup, email, !exists).await?;
     let template = if exists {
         MailTemplate::AccountExists
     } else {
         MailTemplate::SignupCode {
             code: code.as_str().to_owned(),
-            expires_in_minutes: u32::try_from(state.policy.otp_ttl.as_secs().div_ceil(60))
-                .unwrap_or(u32::MAX),
+            expires_in_minutes: code_minutes(state),
         }
     };
     state
@@ -270,7 +297,6 @@ pub struct VerifyRequest {
 pub async fn verify(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
-    origin: SessionOrigin,
     context: EventContext,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
@@ -362,7 +388,7 @@ pub async fn verify(
         Ok(UserCreationResult::Created { user }) => {
             let subject = Subject::UserAndAddress(user.id, state.keys.address_hash(&email));
             state.event(&context, AuthEventKind::AccountCreated, subject, None, None);
-            start_session(&state, user, &origin, None, StatusCode::CREATED).await
+            start_session(&state, user, &context, None, StatusCode::CREATED).await
         }
         Ok(UserCreationResult::AlreadyExists) => Err(ApiError::AccountExists),
         Err(error) => Err(error),
@@ -441,7 +467,6 @@ pub struct SigninRequest {
 pub async fn signin(
     State(state): State<AppState>,
     Extension(client): Extension<ClientBucket>,
-    origin: SessionOrigin,
     context: EventContext,
     ApiJson(body): ApiJson<SigninRequest>,
 ) -> Result<Response, ApiError> {
@@ -489,7 +514,7 @@ pub async fn signin(
             // The last password change re-asserts the revocation of older sessions, in case it
             // was missed when the password changed.
             let changed = directory_time(credentials.password_changed_at_ms);
-            start_session(&state, credentials.user, &origin, changed, StatusCode::OK).await
+            start_session(&state, credentials.user, &context, changed, StatusCode::OK).await
         }
         Some(credentials) => {
             let subject = Subject::UserAndAddress(credentials.user.id, address);

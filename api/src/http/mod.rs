@@ -249,11 +249,14 @@ async fn rate_limit(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let address = extract::client_ip(
-        request.headers(),
-        request.extensions().get::<ConnectInfo<SocketAddr>>(),
-        &state.policy.trusted_proxies,
-    );
+    // Worked out once per request, by `record_metrics` around every route.
+    let address = request
+        .extensions()
+        .get::<sessions::ClientAddress>()
+        .map_or_else(
+            || client_address(&request, &state.policy.trusted_proxies),
+            |address| address.0,
+        );
     let ip = extract::rate_limit_key(address);
     let route = request
         .extensions()
@@ -298,9 +301,6 @@ async fn rate_limit(
         }
     }
     request.extensions_mut().insert(ClientBucket(ip));
-    request
-        .extensions_mut()
-        .insert(sessions::ClientAddress(address));
     Ok(next.run(request).await)
 }
 
@@ -312,7 +312,7 @@ struct EventHeaders {
 }
 
 impl EventHeaders {
-    fn of(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
+    fn of(request: &Request, address: Option<std::net::IpAddr>) -> Self {
         let mut headers = axum::http::HeaderMap::new();
         for name in [axum::http::header::USER_AGENT.as_str(), "x-request-id"] {
             if let Some(value) = request.headers().get(name) {
@@ -321,21 +321,35 @@ impl EventHeaders {
         }
         Self {
             headers,
-            address: extract::client_ip(
-                request.headers(),
-                request.extensions().get::<ConnectInfo<SocketAddr>>(),
-                trusted_proxies,
-            ),
+            address,
             route: request.extensions().get::<MatchedPath>().cloned(),
         }
     }
 }
 
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The request's client address (see [`extract::client_ip`]).
+fn client_address(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    extract::client_ip(
+        request.headers(),
+        request.extensions().get::<ConnectInfo<SocketAddr>>(),
+        trusted_proxies,
+    )
+}
+
+async fn record_metrics(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
+    // The client's address, for the rate limits, the sessions and the events downstream.
+    let address = client_address(&request, &state.policy.trusted_proxies);
+    request
+        .extensions_mut()
+        .insert(sessions::ClientAddress(address));
     // For the event of a refused request: what it needs of the request, kept cheaply (the
     // request is handed on); the event itself is made only for a 429.
-    let asked = EventHeaders::of(&request, &state.policy.trusted_proxies);
+    let asked = EventHeaders::of(&request, address);
     // Only known methods become label values: a client must not be able to mint new series.
     let method = match *request.method() {
         Method::GET => "GET",

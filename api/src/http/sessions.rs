@@ -32,34 +32,10 @@ const X_AUTH_SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id
 /// The longest `User-Agent` kept with a session, in characters.
 const MAX_USER_AGENT_CHARS: usize = 200;
 
-/// The client's address as the rate limiter determined it (see [`super::extract::client_ip`]),
-/// for the session's coarse `ip_prefix`.
+/// The client's address (see [`super::extract::client_ip`]), worked out once per request by the
+/// metrics middleware; the rate limits, sessions (`ip_prefix`) and events read it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub Option<IpAddr>);
-
-/// Where a new session comes from: what the sessions list shows to tell sessions apart.
-#[derive(Debug, Clone, Default)]
-pub struct SessionOrigin {
-    user_agent: Option<String>,
-    ip_prefix: Option<String>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for SessionOrigin {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let user_agent = user_agent(&parts.headers);
-        let ip_prefix = parts
-            .extensions
-            .get::<ClientAddress>()
-            .and_then(|address| address.0)
-            .map(ip_prefix);
-        Ok(Self {
-            user_agent,
-            ip_prefix,
-        })
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for EventContext {
     type Rejection = std::convert::Infallible;
@@ -148,8 +124,9 @@ pub fn directory_time(ms: Option<i64>) -> Option<u64> {
     ms.and_then(|ms| u64::try_from(ms).ok())
 }
 
-/// A fresh session of `user`, not stored yet.
-pub fn new_session(user: User, origin: &SessionOrigin) -> (Uuid, Session) {
+/// A fresh session of `user`, not stored yet; the sessions list shows the request's user agent
+/// and network (`origin`) to tell sessions apart.
+pub fn new_session(user: User, origin: &EventContext) -> (Uuid, Session) {
     let now = now_ms();
     let session = Session {
         user,
@@ -196,7 +173,7 @@ pub fn session_response(
 pub async fn start_session(
     state: &AppState,
     user: User,
-    origin: &SessionOrigin,
+    origin: &EventContext,
     revoke_before_ms: Option<u64>,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
